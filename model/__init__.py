@@ -1,0 +1,1 @@
+"""The notebook's small CNN and the training loop around it."""

@@ -1,0 +1,1 @@
+"""TFRecord conversion and a tf.data input pipeline for image classifiers."""

@@ -1,0 +1,97 @@
+"""Per-example and per-batch stages of the reader, each a small pure function.
+
+Every function works eagerly and inside `tf.data.Dataset.map`.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+# DCT scaling factors libjpeg can decode at: decoding at 1/2, 1/4 or 1/8 of the
+# size skips most of the inverse-DCT and colour-conversion work.
+_JPEG_RATIOS = (1, 2, 4, 8)
+CLASS_MODES = ("binary", "categorical", "sparse")
+
+
+def jpeg_ratio_index(height: tf.Tensor, width: tf.Tensor, target_size: tuple[int, int]) -> tf.Tensor:
+    """Index into _JPEG_RATIOS of the largest ratio still >= `target_size`.
+
+    Args:
+      height, width: stored image size, int64 scalars.
+      target_size: (height, width) the image is resized to next.
+
+    Returns:
+      An int32 scalar in [0, 3].
+    """
+    target_h, target_w = target_size
+    index = tf.constant(0, tf.int32)
+    for i, ratio in enumerate(_JPEG_RATIOS[1:], start=1):
+        fits = tf.logical_and(height // ratio >= target_h, width // ratio >= target_w)
+        index = tf.where(fits, tf.constant(i, tf.int32), index)
+    return index
+
+
+def decode_image(
+    encoded: tf.Tensor,
+    height: tf.Tensor | None = None,
+    width: tf.Tensor | None = None,
+    target_size: tuple[int, int] | None = None,
+) -> tf.Tensor:
+    """Decodes a JPEG, at a reduced DCT scale when that stays above the target.
+
+    Args:
+      encoded: scalar `tf.string`, a JPEG.
+      height, width: the image's size from the record (int64 scalars). With
+        `target_size`, they choose the DCT scale; without, the full size is
+        decoded.
+      target_size: (height, width) the caller resizes to afterwards.
+
+    Returns:
+      `tf.uint8` [h, w, 3]: the full image, or one of 1/2, 1/4, 1/8 of its
+      size that is still at least `target_size`.
+    """
+    if target_size is None or height is None or width is None:
+        return tf.io.decode_jpeg(encoded, channels=3)
+    branches = [
+        (lambda r=ratio: tf.io.decode_jpeg(encoded, channels=3, ratio=r))
+        for ratio in _JPEG_RATIOS
+    ]
+    return tf.switch_case(jpeg_ratio_index(height, width, target_size), branches)
+
+
+def resize_image(image: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
+    """Bilinear resize to `size`, ignoring aspect ratio (as flow_from_directory).
+
+    Args:
+      image: `tf.uint8` [h, w, 3].
+      size: (height, width).
+
+    Returns:
+      `tf.uint8` [height, width, 3], rounded: caching and the host warp work on
+      a quarter of the bytes of float32.
+    """
+    resized = tf.image.resize(image, size, method="bilinear")
+    return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
+
+
+def scale_image(image: tf.Tensor) -> tf.Tensor:
+    """`tf.uint8` [..., 3] in [0, 255] -> `tf.float32` in [0, 1] (rescale=1/255)."""
+    return tf.cast(image, tf.float32) * (1.0 / 255.0)
+
+
+def encode_label(label: tf.Tensor, num_classes: int, class_mode: str) -> tf.Tensor:
+    """Formats integer labels as flow_from_directory's `class_mode` does.
+
+    Args:
+      label: int64 [...], class indices.
+      num_classes: number of classes.
+      class_mode: "binary" -> float32 [...] of 0/1; "categorical" -> float32
+        [..., num_classes] one-hot; "sparse" -> int32 [...].
+    """
+    if class_mode == "binary":
+        return tf.cast(label, tf.float32)
+    if class_mode == "categorical":
+        return tf.one_hot(label, num_classes, dtype=tf.float32)
+    if class_mode == "sparse":
+        return tf.cast(label, tf.int32)
+    raise ValueError(f"class_mode must be one of {', '.join(CLASS_MODES)}, got {class_mode!r}")
