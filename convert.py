@@ -6,13 +6,16 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
-from absl import app
-from absl import flags
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from pipeline import sources
-from pipeline import writer
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+
+from pipeline import sources  # noqa: E402
+from pipeline import writer  # noqa: E402
 
 _SRC = flags.DEFINE_string(
     "src", None, "Image folder: {train,validation,test}/<class>/* or <class>/*."

@@ -178,5 +178,10 @@ def build_dataset(records_dir: str, split: str, config: InputConfig = InputConfi
         # Without shuffling or augmentation every epoch is the same: keep the
         # finished float32 batches (image_size * 3 * 4 bytes per image).
         ds = ds.cache()
+    num_batches = num_examples // config.batch_size
+    if not config.drop_remainder and num_examples % config.batch_size:
+        num_batches += 1
+    # Interleaving hides the length; the manifest knows it (Keras shows it).
+    ds = ds.apply(tf.data.experimental.assert_cardinality(num_batches))
     ds = ds.prefetch(autotune)
     return ds.with_options(_options(deterministic))
