@@ -140,8 +140,9 @@ def scan_image_folder(
       src: the source tree, in either layout of the module docstring.
       classes: class folder names in label order; default: the sorted class
         folder names found, as flow_from_directory orders them.
-      validation_fraction: with no split level, the fraction of each class
-        held out as `validation`. Ignored when `src` has split folders.
+      validation_fraction: when `src` has no split level (or only `train/`),
+        the fraction of each class held out as `validation`. Ignored when
+        `src` has a validation or test folder.
       seed: seed of that hold-out.
 
     Raises:
@@ -169,13 +170,14 @@ def scan_image_folder(
     class_names = _class_names(folders, classes)
 
     splits = {name: _list_split(d, class_names) for name, d in split_dirs.items()}
+    if list(split_dirs) == ["train"] and validation_fraction > 0:
+        splits["train"], splits["validation"] = hold_out(
+            splits["train"], validation_fraction, seed
+        )
+    # A split can be empty: no files, or a hold-out of classes with one file.
     splits = {name: files for name, files in splits.items() if files}
     if not splits:
         raise SourceError(
             f"{src} has no files in its class folders ({', '.join(class_names)})"
-        )
-    if "train" in splits and list(split_dirs) == ["train"] and validation_fraction > 0:
-        splits["train"], splits["validation"] = hold_out(
-            splits["train"], validation_fraction, seed
         )
     return FolderScan(class_names=class_names, splits=splits)
