@@ -59,19 +59,23 @@ def decode_image(
     return tf.switch_case(jpeg_ratio_index(height, width, target_size), branches)
 
 
-def resize_image(image: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
+def resize_image(image: tf.Tensor, size: tuple[int, int], dtype: tf.DType = tf.uint8) -> tf.Tensor:
     """Bilinear resize to `size`, ignoring aspect ratio (as flow_from_directory).
 
     Args:
       image: `tf.uint8` [h, w, 3].
       size: (height, width).
+      dtype: `tf.uint8` rounds the result, for stages that keep images
+        compact (the cache, the host warp: a quarter of float32's bytes);
+        `tf.float32` keeps the interpolated values.
 
     Returns:
-      `tf.uint8` [height, width, 3], rounded: caching and the host warp work on
-      a quarter of the bytes of float32.
+      [height, width, 3] of `dtype`, values in [0, 255].
     """
     resized = tf.image.resize(image, size, method="bilinear")
-    return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
+    if dtype == tf.float32:
+        return resized
+    return tf.saturate_cast(tf.round(resized), dtype)
 
 
 def scale_image(image: tf.Tensor) -> tf.Tensor:

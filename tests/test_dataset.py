@@ -188,10 +188,11 @@ def test_dct_scaling_matches_full_decoding(gradients):
 
 
 def _decode_without_augmentation(records, split, size) -> list[bytes]:
-    """Each record decoded by decode_example and scaled, as float32 bytes."""
+    """Each record decoded by decode_example (float32, unrounded, as the
+    evaluation path decodes) and scaled, as float32 bytes."""
     manifest = schema.read_manifest(str(records))
     ds = tf.data.TFRecordDataset(manifest.shard_paths(str(records), split))
-    ds = ds.map(lambda r: dataset.decode_example(r, size))
+    ds = ds.map(lambda r: dataset.decode_example(r, size, dtype=tf.float32))
     return [transforms.scale_image(image).numpy().tobytes() for image, _ in ds]
 
 

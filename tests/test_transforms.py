@@ -175,6 +175,20 @@ def test_resize_image_dtype_size_and_values():
             np.testing.assert_array_equal(image.numpy(), reference)
 
 
+def test_resize_image_to_float32_keeps_the_interpolated_values():
+    array = gradient_array((40, 64), 200)
+    reference = tf.image.resize(array, (20, 30), method="bilinear").numpy()
+    for image in (
+        transforms.resize_image(tf.constant(array), (20, 30), tf.float32),
+        _in_map(lambda x: transforms.resize_image(x, (20, 30), tf.float32), array),
+    ):
+        assert image.dtype == tf.float32
+        np.testing.assert_allclose(image.numpy(), reference, atol=1e-4)
+    rounded = transforms.resize_image(tf.constant(array), (20, 30)).numpy()
+    assert np.abs(rounded - reference).max() <= 0.5 + 1e-4
+    assert not np.array_equal(rounded.astype(np.float32), reference)
+
+
 def test_resize_image_keeps_a_flat_colour_and_the_extremes():
     flat = np.zeros((13, 17, 3), np.uint8)
     flat[..., 0] = 255
