@@ -206,6 +206,7 @@ def train_and_evaluate(config: TrainConfig) -> dict:
         validation_steps=config.validation_steps if val_ds is not None else None,
         callbacks=callbacks,
         verbose=config.verbose,
+        shuffle=False,  # the datasets shuffle themselves
     )
     model.save(path("model.keras"))
     files = {"model": path("model.keras")}

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display needed
+import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -70,6 +71,7 @@ def plot_history(history: Sequence[Mapping[str, float]], path: str) -> str:
             if any(v is not None for v in values):
                 ax.plot(epochs, values, style, label=f"{label} {metric}")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_ylabel(metric)
         ax.set_title(f"Training and validation {metric}")
         ax.grid(alpha=0.3)
