@@ -166,7 +166,6 @@ def _write_split(
     results = _decoded([im.path for im in images], pool, stored_size, jpeg_quality)
     class_counts = {name: 0 for name in class_names}
     shards = []
-    position = 0
     for index in range(num_shards):
         filename = shard_filename(dataset_name, split, index, num_shards)
         path = os.path.join(scratch, filename)
@@ -174,7 +173,6 @@ def _write_split(
         with tf.io.TFRecordWriter(path) as writer:
             for image in images[bounds[index] : bounds[index + 1]]:
                 stored, reason = next(results)
-                position += 1
                 progress.update(1)
                 if stored is None:
                     skipped.append({"path": image.path, "split": split, "reason": reason})
@@ -296,6 +294,8 @@ def convert_folder(
         raise ConversionError(f"--num_shards must be at least 1, got {num_shards}")
     if image_size is not None and min(image_size) < 1:
         raise ConversionError(f"--image_size must be positive, got {image_size}")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ConversionError(f"--out {out} is a file, not a folder")
     existing = _existing_records(out)
     if existing and not overwrite:
         raise ConversionError(
