@@ -353,6 +353,15 @@ def test_bad_arguments_are_errors(split_tree, tmp_path, kwargs, match):
     assert not (tmp_path / "records").exists()
 
 
+def test_an_out_that_is_a_file_is_an_error(split_tree, tmp_path):
+    out = tmp_path / "records"
+    out.write_text("not a folder")
+    with pytest.raises(writer.ConversionError, match="is a file"):
+        convert(split_tree.root, out, overwrite=True)
+    assert out.read_text() == "not a folder"
+    assert not _partial_folders(tmp_path)
+
+
 # --------------------------------------------------------------------------
 # Existing records.
 
