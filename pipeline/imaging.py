@@ -25,8 +25,6 @@ class StoredImage:
     height: int
     width: int
     image_format: str  # always "jpeg"
-    source_format: str  # what the file was: "JPEG", "PNG", "GIF", ...
-    reencoded: bool  # False when the source bytes are stored unchanged
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -69,16 +67,13 @@ def load_for_storage(
         raise ImageDecodeError("empty file")
     try:
         with Image.open(io.BytesIO(data)) as image:
-            source_format = image.format or "unknown"
             image.load()  # the full decode: raises on truncated data
-            if source_format == "JPEG" and image.mode == "RGB" and stored_size is None:
+            if image.format == "JPEG" and image.mode == "RGB" and stored_size is None:
                 return StoredImage(
                     encoded=data,
                     height=image.height,
                     width=image.width,
                     image_format="jpeg",
-                    source_format=source_format,
-                    reencoded=False,
                 )
             rgb = _to_rgb(image)
             if stored_size is not None:
@@ -91,8 +86,6 @@ def load_for_storage(
                 height=rgb.height,
                 width=rgb.width,
                 image_format="jpeg",
-                source_format=source_format,
-                reencoded=True,
             )
     except UnidentifiedImageError:
         raise ImageDecodeError("not an image") from None
