@@ -55,10 +55,10 @@ def main(argv: list[str]) -> None:
             passes=_PASSES.value,
             max_batches=_MAX_BATCHES.value,
             train_steps=_TRAIN_STEPS.value,
-            # Cold rows: fresh datasets; training rows: interleaved timed fits
-            # per input. Up to 3 of each, fewer with fewer --passes.
+            # Cold rows: one fresh dataset per pass. Training rows: timed fits
+            # per input, up to 3 (each is 30 steps of the CNN).
             train_rounds=min(_PASSES.value, 3),
-            cold_runs=min(_PASSES.value, 3),
+            cold_runs=_PASSES.value,
         )
         results = benchmark.run_benchmark(config, command=[sys.executable, *sys.argv])
     except (benchmark.BenchmarkError, sources.SourceError, writer.ConversionError) as e:

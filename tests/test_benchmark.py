@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pipeline import benchmark
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 LOADERS = (
@@ -101,7 +103,7 @@ def test_bench_smoke(tmp_path):
         assert f"{verdict}  {target['description']}" in completed.stdout
     assert _is_positive_finite(results["memory"]["peak_rss_mib"])
     streaming = results["memory"]["uncached_streaming_rss_mib"]
-    assert len(streaming) == 5 and all(_is_positive_finite(mib) for mib in streaming)
+    assert len(streaming) == benchmark.STREAMING_EPOCHS and all(_is_positive_finite(mib) for mib in streaming)
     machine = results["machine"]
     assert machine["cores"] >= 1 and machine["cpu_model"] and machine["tensorflow"]
     assert results["date"] and "bench.py" in results["command"]
