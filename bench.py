@@ -4,7 +4,7 @@
     python bench.py --src photos --records records --passes 3 --out /tmp/bench
 
 Prints a table and the issue's targets; writes results.json and
-throughput.png to --out. See pipeline/benchmark.py for what is measured.
+throughput.png to --out. See the `benchmark` package for what is measured.
 """
 
 from __future__ import annotations
@@ -17,29 +17,34 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
-from pipeline import benchmark  # noqa: E402
+from benchmark import BenchmarkError  # noqa: E402
+from benchmark import plan  # noqa: E402
+from benchmark import report  # noqa: E402
+from pipeline import cli  # noqa: E402
 from pipeline import sources  # noqa: E402
 from pipeline import writer  # noqa: E402
 
+_DEFAULTS = plan.BenchmarkConfig
 _SRC = flags.DEFINE_string(
     "src", None, "Image folder: {train,validation,test}/<class>/*.jpg.", required=True
 )
 _RECORDS = flags.DEFINE_string(
-    "records", None,
+    "records", _DEFAULTS.records,
     "Records converted from --src at the original sizes. Default: convert --src "
     "into a temporary folder. The pre-resized copy is always converted.",
 )
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 20, "Images per batch.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Images per batch.")
 _PASSES = flags.DEFINE_integer(
-    "passes", 5, "Timed passes per loader; the figure is their median, after one warm-up pass."
+    "passes", _DEFAULTS.passes,
+    "Timed passes per loader; the figure is their median, after one warm-up pass.",
 )
-_SPLIT = flags.DEFINE_string("split", "train", "The split every loader reads.")
+_SPLIT = flags.DEFINE_string("split", _DEFAULTS.split, "The split every loader reads.")
 _OUT = flags.DEFINE_string("out", "bench_out", "Folder for results.json and throughput.png.")
 _MAX_BATCHES = flags.DEFINE_integer(
-    "max_batches", None, "Cap on batches per pass (smoke tests). Default: whole epochs."
+    "max_batches", _DEFAULTS.max_batches, "Cap on batches per pass (smoke tests). Default: whole epochs."
 )
 _TRAIN_STEPS = flags.DEFINE_integer(
-    "train_steps", 30, "Timed training steps per input for the training-stall rows."
+    "train_steps", _DEFAULTS.train_steps, "Timed training steps per input for the training-stall rows."
 )
 
 
@@ -47,7 +52,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
-        config = benchmark.BenchmarkConfig(
+        config = plan.BenchmarkConfig(
             src=_SRC.value,
             records=_RECORDS.value,
             split=_SPLIT.value,
@@ -60,17 +65,20 @@ def main(argv: list[str]) -> None:
             train_rounds=min(_PASSES.value, 3),
             cold_runs=_PASSES.value,
         )
-        results = benchmark.run_benchmark(config, command=[sys.executable, *sys.argv])
-    except (benchmark.BenchmarkError, sources.SourceError, writer.ConversionError) as e:
-        sys.exit(f"bench.py: error: {e}")
-    print(benchmark.format_table(results))
+        results = plan.run_benchmark(config, command=[sys.executable, *sys.argv])
+    except (BenchmarkError, sources.SourceError, writer.ConversionError) as e:
+        cli.fail("bench.py", e)
+    print(report.format_table(results))
     print()
-    print(benchmark.format_targets(results))
-    out = _OUT.value
-    json_path = benchmark.save_results(results, os.path.join(out, benchmark.RESULTS_FILENAME))
-    png_path = benchmark.plot_results(results, os.path.join(out, benchmark.PLOT_FILENAME))
+    print(report.format_targets(results))
+    json_path, png_path = report.save(results, _OUT.value)
     print(f"Wrote {json_path} and {png_path}")
 
 
+def run() -> None:
+    """The `tfr-bench` console entry point."""
+    cli.run(main, "bench.py")
+
+
 if __name__ == "__main__":
-    app.run(main)
+    run()

@@ -5,11 +5,13 @@
     python train.py --records=records/ --augment_on=device --mixed_precision --jit_compile  # GPU
 
 Run it again with the same --model_dir to resume an interrupted run (or to
-continue a finished one to a larger --epochs).
+continue a finished one to a larger --epochs). Each flag is a field of
+`model.training.TrainConfig`, of the same name and default.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
@@ -18,61 +20,100 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 from model import training  # noqa: E402
+from pipeline import cli  # noqa: E402
+from pipeline import verify  # noqa: E402
 
-_RECORDS = flags.DEFINE_string("records", None, "Records folder written by convert.py.")
-_MODEL_DIR = flags.DEFINE_string("model_dir", "runs/cnn", "Output folder; rerun with it to resume.")
-_EPOCHS = flags.DEFINE_integer("epochs", 50, "Epochs.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 20, "Images per batch.")
-_STEPS_PER_EPOCH = flags.DEFINE_integer("steps_per_epoch", None, "Default: one pass over the train split.")
-_VALIDATION_STEPS = flags.DEFINE_integer("validation_steps", None, "Default: the whole validation split.")
-_LEARNING_RATE = flags.DEFINE_float("learning_rate", 1e-4, "Adam learning rate.")
-_AUGMENT = flags.DEFINE_boolean("augment", True, "The notebook's augmentation (flips, rotation, zoom, shift).")
-_AUGMENT_ON = flags.DEFINE_enum_class(
-    "augment_on", training.AugmentOn.HOST, training.AugmentOn,
-    "host: in tf.data on the CPU; device: as the model's first layer, on the GPU.",
+_DEFAULTS = training.TrainConfig()
+_BOUNDS = training.LOWER_BOUNDS
+flags.DEFINE_string("records", _DEFAULTS.records, "Records folder written by convert.py.")
+flags.DEFINE_string("model_dir", _DEFAULTS.model_dir, "Output folder; rerun with it to resume.")
+flags.DEFINE_integer("epochs", _DEFAULTS.epochs, lower_bound=_BOUNDS["epochs"], help="Epochs.")
+flags.DEFINE_integer(
+    "batch_size", _DEFAULTS.batch_size, lower_bound=_BOUNDS["batch_size"],
+    help="Images per batch.",
+)
+flags.DEFINE_integer(
+    "steps_per_epoch", _DEFAULTS.steps_per_epoch, lower_bound=_BOUNDS["steps_per_epoch"],
+    help="Default: one pass over the train split.",
+)
+flags.DEFINE_integer(
+    "validation_steps", _DEFAULTS.validation_steps, lower_bound=_BOUNDS["validation_steps"],
+    help="Default: the whole validation split.",
+)
+flags.DEFINE_float("learning_rate", _DEFAULTS.learning_rate, "Adam learning rate (positive).")
+flags.register_validator("learning_rate", lambda rate: rate > 0, "--learning_rate must be positive")
+flags.DEFINE_boolean("augment", _DEFAULTS.augment, "The notebook's augmentation (flips, rotation, zoom, shift).")
+flags.DEFINE_enum_class(
+    "augment_on", _DEFAULTS.augment_on, training.AugmentOn,
+    "host: in tf.data on the CPU; device: as the model's first layer, on the GPU; "
+    "auto: device when a GPU is found, else host.",
     case_sensitive=False,
 )
-_IMAGE_SIZE = flags.DEFINE_integer("image_size", 150, "Square input size.")
-_CACHE = flags.DEFINE_boolean("cache", True, "Keep decoded images in memory after the first epoch.")
-_MIXED_PRECISION = flags.DEFINE_boolean("mixed_precision", False, "float16 compute on GPU (bfloat16 on CPU).")
-_JIT_COMPILE = flags.DEFINE_boolean("jit_compile", False, "Compile the train step with XLA.")
-_SAVE_H5 = flags.DEFINE_boolean("save_h5", False, "Also save model.h5, as the notebook did.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of weights, shuffles and augmentation.")
+flags.DEFINE_enum_class(
+    "strategy", _DEFAULTS.strategy, training.Strategy,
+    "default: one device; mirrored: every local GPU, one replica each (--batch_size is the global batch).",
+    case_sensitive=False,
+)
+flags.DEFINE_integer(
+    "image_size", _DEFAULTS.image_size, lower_bound=_BOUNDS["image_size"],
+    help="Square input size.",
+)
+flags.DEFINE_boolean("cache", _DEFAULTS.cache, "Keep decoded images in memory after the first epoch.")
+flags.DEFINE_boolean("mixed_precision", _DEFAULTS.mixed_precision, "float16 compute on GPU (bfloat16 on CPU).")
+flags.DEFINE_boolean("jit_compile", _DEFAULTS.jit_compile, "Compile the train step with XLA.")
+flags.DEFINE_boolean("save_h5", _DEFAULTS.save_h5, "Also save model.h5, as the notebook did.")
+flags.DEFINE_string(
+    "data_service", _DEFAULTS.data_service,
+    "grpc://HOST:PORT of a tf.data service dispatcher whose workers prepare the training batches "
+    "(start them with data_service.py). Default: prepare them in this process.",
+)
+cli.define_int_pair(
+    "profile_batches", _DEFAULTS.profile_batches,
+    "Write a TensorBoard profiler trace of training batches A to B (e.g. 10,20) to <model_dir>/logs.",
+)
+flags.register_validator(
+    "profile_batches", lambda pair: pair is None or 1 <= pair[0] <= pair[1], "needs 1 <= A <= B"
+)
+flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed of weights, shuffles and augmentation.")
+flags.DEFINE_integer(
+    "verbose", _DEFAULTS.verbose, lower_bound=0, upper_bound=2,
+    help="Keras progress output: 0 silent, 1 bar, 2 a line per epoch.",
+)
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if not _RECORDS.value:
-        sys.exit("train.py: error: --records is required: a folder written by convert.py")
     config = training.TrainConfig(
-        records=_RECORDS.value,
-        model_dir=_MODEL_DIR.value,
-        epochs=_EPOCHS.value,
-        batch_size=_BATCH_SIZE.value,
-        steps_per_epoch=_STEPS_PER_EPOCH.value,
-        validation_steps=_VALIDATION_STEPS.value,
-        learning_rate=_LEARNING_RATE.value,
-        augment=_AUGMENT.value,
-        augment_on=_AUGMENT_ON.value,
-        image_size=(_IMAGE_SIZE.value, _IMAGE_SIZE.value),
-        cache=_CACHE.value,
-        mixed_precision=_MIXED_PRECISION.value,
-        jit_compile=_JIT_COMPILE.value,
-        save_h5=_SAVE_H5.value,
-        seed=_SEED.value,
+        **{field.name: flags.FLAGS[field.name].value for field in dataclasses.fields(training.TrainConfig)}
     )
     try:
         results = training.train_and_evaluate(config)
     except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"train.py: error: {e}")
+        cli.fail("train.py", e)
+    except tf.errors.DataLossError:  # its message names no file: find the damaged shard
+        cli.fail("train.py", f"damaged records: {verify.find_damage(config.records).summary()}")
+    except tf.errors.InvalidArgumentError as e:  # a failed check of the reader names its shard
+        cli.fail("train.py", verify.error_text(e))
     logging.info("done: %s", results)
-    print(f"Saved the model and plots to {config.model_dir}")
+    if results.get("already_complete"):
+        print(
+            f"{config.model_dir} already holds a finished run of {results['epochs_done']} epochs: "
+            f"nothing to train (pass --epochs above {results['epochs_done']} to continue it)"
+        )
+    else:
+        print(f"Saved the model and plots to {config.model_dir}")
     if "test" in results:
         print("Test: " + ", ".join(f"{k} {v:.4f}" for k, v in results["test"].items()))
 
 
+def run() -> None:
+    """The `tfr-train` console entry point."""
+    cli.run(main, "train.py")
+
+
 if __name__ == "__main__":
-    app.run(main)
+    run()

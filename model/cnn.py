@@ -5,10 +5,25 @@ from __future__ import annotations
 import keras
 
 from pipeline import augment
+from pipeline import dataset
+
+DEFAULT_LEARNING_RATE = 1e-4  # the notebook's learning rate
+_CONV_FILTERS = (32, 64, 128)  # each a 3x3 valid convolution, then a 2x2 max-pool
+
+
+def _min_input_size() -> int:
+    """The smallest square input that leaves the last pool at least 1x1."""
+    size = 1
+    for _ in _CONV_FILTERS:
+        size = 2 * size + 2  # undo a pool (floor), then a 3x3 valid conv
+    return size
+
+
+MIN_IMAGE_SIZE = _min_input_size()
 
 
 def build_cnn(
-    image_size: tuple[int, int] = (150, 150),
+    image_size: tuple[int, int] = dataset.DEFAULT_IMAGE_SIZE,
     num_classes: int = 2,
     device_augmentation: augment.AugmentationConfig | None = None,
     seed: int | None = None,
@@ -31,11 +46,13 @@ def build_cnn(
     """
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+    if min(image_size) < MIN_IMAGE_SIZE:
+        raise ValueError(f"the CNN needs images of at least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE}, got {image_size}")
     inputs = keras.Input(shape=(*image_size, 3), name="image")
     x = inputs
     if device_augmentation is not None:
         x = augment.DeviceAugmentation(device_augmentation, seed=seed, name="augmentation")(x)
-    for filters in (32, 64, 128):
+    for filters in _CONV_FILTERS:
         x = keras.layers.Conv2D(filters, 3, activation="relu")(x)
         x = keras.layers.MaxPooling2D(2)(x)
     x = keras.layers.Flatten()(x)
@@ -47,7 +64,9 @@ def build_cnn(
     return keras.Model(inputs, outputs, name="cats_vs_dogs_cnn")
 
 
-def compile_cnn(model: keras.Model, learning_rate: float = 1e-4, jit_compile: bool | str = "auto") -> keras.Model:
+def compile_cnn(
+    model: keras.Model, learning_rate: float = DEFAULT_LEARNING_RATE, jit_compile: bool | str = "auto"
+) -> keras.Model:
     """Adam, cross-entropy (binary for one output unit) and accuracy, as the notebook."""
     binary = model.output_shape[-1] == 1
     model.compile(

@@ -6,8 +6,10 @@ channel, in one Python thread. Here the rotation, shift, zoom and both flips
 are composed into one 2x3 matrix per image, drawn with the same distributions,
 and applied by one warp:
 
-* on the host: OpenCV's SIMD `warpAffine`, called once per batch from tf.data
-  (`augment_batch_on_host`);
+* on the host, in tf.data (`augment_batch_on_host`): OpenCV's SIMD
+  `warpAffine`, called once per batch (`HostWarp.OPENCV`, the faster one), or
+  the sampler below in TensorFlow ops only (`HostWarp.TENSORFLOW`), which a
+  tf.data service worker can run from the serialized dataset graph;
 * on the device: a gather-based bilinear sampler that XLA compiles, inside
   the model (`DeviceAugmentation`, a Keras layer).
 
@@ -20,6 +22,7 @@ bilinear and pixels from outside the image repeat the nearest edge pixel
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 
 import cv2
@@ -54,6 +57,13 @@ class AugmentationConfig:
 
 
 NOTEBOOK_AUGMENTATION = AugmentationConfig()
+
+
+class HostWarp(enum.Enum):
+    """What warps the batches in tf.data."""
+
+    OPENCV = "opencv"  # SIMD warpAffine through tf.numpy_function: Python, so in-process only
+    TENSORFLOW = "tensorflow"  # TensorFlow ops only: the dataset graph can be shipped to other processes
 
 
 def compose_affine(
@@ -210,22 +220,51 @@ def warp_with_tensorflow(images: tf.Tensor, matrices: tf.Tensor) -> tf.Tensor:
     return top * (1.0 - wy) + bottom * wy
 
 
+def warp_uint8_with_tensorflow(images: tf.Tensor, matrices: tf.Tensor) -> tf.Tensor:
+    """`warp_with_tensorflow`, rounded back to `tf.uint8` [B, H, W, C]."""
+    return tf.saturate_cast(tf.round(warp_with_tensorflow(images, matrices)), tf.uint8)
+
+
 def augment_batch_on_host(
-    images: tf.Tensor, seed: tf.Tensor, config: AugmentationConfig = NOTEBOOK_AUGMENTATION
+    images: tf.Tensor,
+    seed: tf.Tensor,
+    config: AugmentationConfig = NOTEBOOK_AUGMENTATION,
+    warp: HostWarp = HostWarp.OPENCV,
 ) -> tf.Tensor:
-    """Random notebook augmentation of a uint8 batch, warped by OpenCV.
+    """Random notebook augmentation of a uint8 batch, in tf.data.
 
     Args:
       images: `tf.uint8` [B, H, W, 3], H and W static.
       seed: int64 [2] stateless seed, a different one for every batch.
       config: the augmentation ranges.
+      warp: OpenCV (faster) or TensorFlow ops only (serializable).
 
     Returns:
       `tf.uint8` [B, H, W, 3].
     """
     height, width = images.shape[1], images.shape[2]
     matrices = random_affine(tf.shape(images)[0], height, width, config, seed)
+    if warp is HostWarp.TENSORFLOW:
+        return warp_uint8_with_tensorflow(images, matrices)
     return warp_on_host(images, matrices)
+
+
+def augmented_variants(
+    image: tf.Tensor, count: int, seed: int, config: AugmentationConfig = NOTEBOOK_AUGMENTATION
+) -> tf.Tensor:
+    """`count` random augmentations of one image, as the training batches get.
+
+    Args:
+      image: `tf.uint8` [H, W, 3].
+      count: how many variants.
+      seed: fixes the variants.
+      config: the augmentation ranges.
+
+    Returns:
+      `tf.uint8` [count, H, W, 3].
+    """
+    batch = tf.repeat(image[tf.newaxis], count, axis=0)
+    return augment_batch_on_host(batch, tf.constant([seed, 0], tf.int64), config)
 
 
 @keras.saving.register_keras_serializable(package="pipeline")

@@ -5,12 +5,17 @@ Runs in converter worker processes, so it uses Pillow only: no TensorFlow.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
+import os
+import stat
+from collections.abc import Iterator
 
 from PIL import Image, UnidentifiedImageError
 
 DEFAULT_JPEG_QUALITY = 95
+DEFAULT_MAX_PIXELS = 100_000_000
 
 
 class ImageDecodeError(ValueError):
@@ -24,7 +29,6 @@ class StoredImage:
     encoded: bytes
     height: int
     width: int
-    image_format: str  # always "jpeg"
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -41,10 +45,46 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")  # L, CMYK, YCbCr, P, I;16, ...
 
 
+def _read_regular_file(path: str) -> bytes:
+    """The bytes of `path`, which must (still) be a regular file."""
+    # The scan lists regular files only; should one become a FIFO since,
+    # O_NONBLOCK keeps open() from waiting for a writer, and fstat refuses it.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ImageDecodeError("not a regular file")
+        return f.read()
+
+
+@contextlib.contextmanager
+def _pixel_limit(max_pixels: int) -> Iterator[None]:
+    """Makes `max_pixels` the one pixel limit while this block runs.
+
+    Pillow's own limit (MAX_IMAGE_PIXELS) warns above 89 million pixels and
+    raises above twice that, whatever --max_pixels says; it is switched off
+    here and restored after, and `_check_pixels` applies ours instead.
+    """
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def _check_pixels(image: Image.Image, max_pixels: int) -> None:
+    """Refuses an image larger than `max_pixels`, from its header: before decoding."""
+    if image.width * image.height > max_pixels:
+        raise ImageDecodeError(
+            f"{image.width}x{image.height} pixels, over --max_pixels={max_pixels}"
+        )
+
+
 def load_for_storage(
     path: str,
     stored_size: tuple[int, int] | None = None,
     jpeg_quality: int = DEFAULT_JPEG_QUALITY,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> StoredImage:
     """Fully decodes one image file and returns what the records store.
 
@@ -57,23 +97,34 @@ def load_for_storage(
       stored_size: (height, width) to resize to with Pillow's antialiased
         bilinear filter, or None to keep the original size.
       jpeg_quality: quality of the JPEGs this function encodes.
+      max_pixels: images of more pixels (width x height, read from the
+        header) are refused without being decoded.
 
     Raises:
-      ImageDecodeError: the file is empty, truncated or not an image.
+      ImageDecodeError: the file is empty, truncated, not an image, not a
+        regular file, or too large.
+      OSError: the file cannot be read.
     """
-    with open(path, "rb") as f:
-        data = f.read()
+    data = _read_regular_file(path)
     if not data:
         raise ImageDecodeError("empty file")
+    with _pixel_limit(max_pixels):
+        return _decode(data, stored_size, jpeg_quality, max_pixels)
+
+
+def _decode(
+    data: bytes, stored_size: tuple[int, int] | None, jpeg_quality: int, max_pixels: int
+) -> StoredImage:
+    """`load_for_storage` of a file's bytes."""
     try:
         with Image.open(io.BytesIO(data)) as image:
+            _check_pixels(image, max_pixels)
             image.load()  # the full decode: raises on truncated data
             if image.format == "JPEG" and image.mode == "RGB" and stored_size is None:
                 return StoredImage(
                     encoded=data,
                     height=image.height,
                     width=image.width,
-                    image_format="jpeg",
                 )
             rgb = _to_rgb(image)
             if stored_size is not None:
@@ -85,8 +136,9 @@ def load_for_storage(
                 encoded=out.getvalue(),
                 height=rgb.height,
                 width=rgb.width,
-                image_format="jpeg",
             )
+    except ImageDecodeError:
+        raise
     except UnidentifiedImageError:
         raise ImageDecodeError("not an image") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:

@@ -1,22 +1,36 @@
-"""Pictures people would rather look at than read: batches, augmentations, curves."""
+"""Pictures people would rather look at than read: image grids, curves, bars.
+
+Every figure is drawn on its own Agg canvas (no pyplot, no global state) and
+saved as a PNG.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 
-import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
-matplotlib.use("Agg")  # files only; no display needed
-import matplotlib.ticker  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import tensorflow as tf
 
 
-def _save(fig, path: str) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+def _figure(**kwargs) -> Figure:
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: str, dpi: int = 100) -> str:
+    folder = os.path.dirname(path)
+    if folder:
+        tf.io.gfile.makedirs(folder)
+    with tf.io.gfile.GFile(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight")
     return path
 
 
@@ -40,7 +54,8 @@ def plot_image_grid(
     Returns:
       `path`.
     """
-    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.4 * rows))
+    fig = _figure(figsize=(2.2 * cols, 2.4 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
     for i, ax in enumerate(np.ravel(axes)):
         ax.axis("off")
         if i < len(images):
@@ -48,7 +63,6 @@ def plot_image_grid(
             ax.set_title(titles[i], fontsize=9)
     if suptitle:
         fig.suptitle(suptitle)
-    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -64,17 +78,80 @@ def plot_history(history: Sequence[Mapping[str, float]], path: str) -> str:
       `path`.
     """
     epochs = [entry["epoch"] + 1 for entry in history]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, metric in zip(axes, ("accuracy", "loss")):
+    fig = _figure(figsize=(11, 4), layout="constrained")
+    for ax, metric in zip(fig.subplots(1, 2), ("accuracy", "loss")):
         for key, label, style in ((metric, "training", "o-"), (f"val_{metric}", "validation", "s-")):
             values = [entry.get(key) for entry in history]
             if any(v is not None for v in values):
                 ax.plot(epochs, values, style, label=f"{label} {metric}")
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(metric)
         ax.set_title(f"Training and validation {metric}")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
     return _save(fig, path)
+
+
+@dataclasses.dataclass(frozen=True)
+class Bar:
+    """One bar of `plot_bar_panels`."""
+
+    label: str
+    value: float
+    group: str  # picks the colour and the legend entry
+    note: str = ""  # written after the value
+
+
+def plot_bar_panels(
+    panels: Sequence[tuple[str, Sequence[Bar]]],
+    path: str,
+    colours: Mapping[str, str],
+    suptitle: str = "",
+    xlabel: str = "images/s",
+) -> str:
+    """Horizontal bars on a log scale, one panel per (title, bars).
+
+    Args:
+      panels: (title, bars) per panel, top to bottom; empty panels are left out.
+      path: the PNG to write.
+      colours: group -> matplotlib colour (grey for others).
+      suptitle: a title over the panels.
+      xlabel: the unit of the values.
+
+    Returns:
+      `path`.
+    """
+    panels = [(title, bars) for title, bars in panels if bars]
+    rows = sum(len(bars) for _, bars in panels)
+    fig = _figure(figsize=(11, 1.6 + 0.38 * rows + 0.9 * len(panels)), layout="constrained")
+    axes = fig.subplots(
+        len(panels), 1, squeeze=False,
+        gridspec_kw={"height_ratios": [len(bars) + 1 for _, bars in panels]},
+    )[:, 0]
+    for ax, (title, bars) in zip(axes, panels):
+        values = [bar.value for bar in bars]
+        positions = np.arange(len(bars))
+        ax.barh(positions, values, color=[colours.get(bar.group, "#999999") for bar in bars], height=0.7)
+        ax.set_xscale("log")
+        ax.set_yticks(positions, [bar.label for bar in bars], fontsize=9)
+        ax.invert_yaxis()
+        positive = [v for v in values if v > 0]
+        if positive:
+            ax.set_xlim(min(positive) / 2, max(positive) * 8)
+        for position, bar in zip(positions, bars):
+            text = f"{bar.value:,.0f}" if bar.value >= 10 else f"{bar.value:.2f}"
+            ax.text(bar.value * 1.08, position, f"{text}  {bar.note}".rstrip(), va="center", fontsize=8)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}" if x >= 1 else f"{x:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel(xlabel, fontsize=9)
+        ax.set_title(title, fontsize=10, loc="left")
+        ax.grid(axis="x", which="major", alpha=0.3)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    groups = list(dict.fromkeys(bar.group for _, bars in panels for bar in bars))
+    fig.legend(
+        handles=[Patch(color=colours.get(g, "#999999"), label=g) for g in groups],
+        loc="outside lower center", ncols=min(len(groups), 3), fontsize=8,
+    )
+    return _save(fig, path, dpi=120)

@@ -10,7 +10,7 @@ with round shapes; "dogs": cool scenes with bars)::
       validation/{cats,dogs}/*.jpg
       test/{cats,dogs}/*.jpg
 
-    python -m pipeline.sample_data --out sample_data/cats_vs_dogs
+`make_sample.py` (or `tfr-sample`) writes it from the command line.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from collections.abc import Mapping
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-DEFAULT_COUNTS = {"train": 100, "validation": 30, "test": 30}
+DEFAULT_COUNTS = {"train": 100, "validation": 30, "test": 30}  # images per class
+DEFAULT_OUT = "sample_data/cats_vs_dogs"
 CLASS_NAMES = ("cats", "dogs")
 
 
@@ -75,16 +76,3 @@ def write_sample(root: str, counts: Mapping[str, int] = DEFAULT_COUNTS, seed: in
                 written += 1
     return written
 
-
-if __name__ == "__main__":
-    from absl import app, flags
-
-    _OUT = flags.DEFINE_string("out", "sample_data/cats_vs_dogs", "Folder to write.")
-    _SEED = flags.DEFINE_integer("seed", 0, "Generator seed.")
-
-    def main(argv):
-        del argv
-        count = write_sample(_OUT.value, seed=_SEED.value)
-        print(f"Wrote {count} sample images to {_OUT.value}")
-
-    app.run(main)

@@ -1,8 +1,11 @@
-"""The record schema: one module that the writer and the reader both use.
+"""The record schema: the one module that the writer and the reader both use.
 
-Each image is one `tf.train.Example` with the features named below. The
-manifest (`manifest.json`, beside the shards) describes the whole folder:
-class names, per-split counts, the shard files and the image settings.
+Each image is one `tf.train.Example` whose features are listed once, in
+`FEATURES`; the reader's parse spec, the writer's serializer and the TFDS
+metadata are all derived from that table. The manifest (`manifest.json`,
+beside the shards) describes the folder: class names, the shards of each split
+with their counts, the stored image size and the files that were skipped. It
+is the one source of the counts; the TFDS metadata is generated from it.
 """
 
 from __future__ import annotations
@@ -10,69 +13,60 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, NoReturn
 
 import tensorflow as tf
 
-SCHEMA_VERSION = 1
+from pipeline import fileio
+
+# Version 2 dropped the `format` and `class_name` features and the manifest's
+# `jpeg_quality`. Version-1 folders still read: their records hold every
+# version-2 feature, and parsing ignores the others.
+SCHEMA_VERSION = 2
+READABLE_SCHEMA_VERSIONS = (1, 2)
 MANIFEST_FILENAME = "manifest.json"
 FILE_FORMAT = "tfrecord"
 
-# Feature keys. The names are also the TFDS feature names, so the records read
-# through `tfds.builder_from_directory` with the same keys.
-IMAGE_KEY = "image"  # bytes: the encoded image (JPEG, RGB).
-LABEL_KEY = "label"  # int64: index into the manifest's class names.
-CLASS_NAME_KEY = "class_name"  # bytes: UTF-8 class folder name.
-HEIGHT_KEY = "height"  # int64: stored image height in pixels.
-WIDTH_KEY = "width"  # int64: stored image width in pixels.
-FORMAT_KEY = "format"  # bytes: encoding of IMAGE_KEY, e.g. b"jpeg".
-FILENAME_KEY = "filename"  # bytes: source path relative to the split folder.
+# Feature keys; also the TFDS feature names.
+IMAGE_KEY = "image"
+LABEL_KEY = "label"
+HEIGHT_KEY = "height"
+WIDTH_KEY = "width"
+FILENAME_KEY = "filename"
 
-FEATURE_SPEC = {
-    IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
-    LABEL_KEY: tf.io.FixedLenFeature([], tf.int64),
-    CLASS_NAME_KEY: tf.io.FixedLenFeature([], tf.string),
-    HEIGHT_KEY: tf.io.FixedLenFeature([], tf.int64),
-    WIDTH_KEY: tf.io.FixedLenFeature([], tf.int64),
-    FORMAT_KEY: tf.io.FixedLenFeature([], tf.string),
-    FILENAME_KEY: tf.io.FixedLenFeature([], tf.string),
+# Every feature of a record and its dtype: the one definition.
+FEATURES: Mapping[str, tf.DType] = {
+    IMAGE_KEY: tf.string,  # the image, RGB JPEG
+    LABEL_KEY: tf.int64,  # index into the manifest's class names
+    HEIGHT_KEY: tf.int64,  # stored image height in pixels
+    WIDTH_KEY: tf.int64,  # stored image width in pixels
+    FILENAME_KEY: tf.string,  # source path relative to its split folder, UTF-8
 }
+FEATURE_SPEC = {key: tf.io.FixedLenFeature([], dtype) for key, dtype in FEATURES.items()}
 
 
-@dataclasses.dataclass(frozen=True)
-class ImageRecord:
-    """One converted image, ready to serialize."""
-
-    encoded: bytes
-    label: int
-    class_name: str
-    height: int
-    width: int
-    image_format: str
-    filename: str
-
-
-def _bytes_feature(value: bytes) -> tf.train.Feature:
+def _feature(dtype: tf.DType, value: bytes | str | int) -> tf.train.Feature:
+    if dtype == tf.int64:
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+    if isinstance(value, str):
+        value = value.encode("utf-8")
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
 
 
-def _int64_feature(value: int) -> tf.train.Feature:
-    return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+def serialize_example(values: Mapping[str, bytes | str | int]) -> bytes:
+    """Serializes one image's feature values to a `tf.train.Example` string.
 
+    Args:
+      values: a value for every key of FEATURES (str is stored as UTF-8).
 
-def serialize_example(record: ImageRecord) -> bytes:
-    """Serializes one image to a `tf.train.Example` byte string."""
-    feature = {
-        IMAGE_KEY: _bytes_feature(record.encoded),
-        LABEL_KEY: _int64_feature(record.label),
-        CLASS_NAME_KEY: _bytes_feature(record.class_name.encode("utf-8")),
-        HEIGHT_KEY: _int64_feature(record.height),
-        WIDTH_KEY: _int64_feature(record.width),
-        FORMAT_KEY: _bytes_feature(record.image_format.encode("utf-8")),
-        FILENAME_KEY: _bytes_feature(record.filename.encode("utf-8")),
-    }
-    example = tf.train.Example(features=tf.train.Features(feature=feature))
-    return example.SerializeToString()
+    Raises:
+      ValueError: a key is missing or unknown.
+    """
+    if set(values) != set(FEATURES):
+        raise ValueError(f"a record needs exactly the features {sorted(FEATURES)}, got {sorted(values)}")
+    feature = {key: _feature(dtype, values[key]) for key, dtype in FEATURES.items()}
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
 def parse_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -82,9 +76,8 @@ def parse_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
       serialized: scalar `tf.string`.
 
     Returns:
-      A dict with the FEATURE_SPEC keys: scalar `tf.string` for IMAGE_KEY,
-      CLASS_NAME_KEY, FORMAT_KEY and FILENAME_KEY; scalar `tf.int64` for
-      LABEL_KEY, HEIGHT_KEY and WIDTH_KEY.
+      A dict with the FEATURES keys, scalars of their dtypes (`tf.string`
+      for IMAGE_KEY and FILENAME_KEY, `tf.int64` for the others).
     """
     return tf.io.parse_single_example(serialized, FEATURE_SPEC)
 
@@ -125,10 +118,8 @@ class Manifest:
       splits: split name -> SplitInfo.
       stored_size: (height, width) every image was resized to at conversion,
         or None when the original sizes were kept.
-      jpeg_quality: quality of the JPEGs the converter encoded (images that
-        were already RGB JPEGs are stored byte for byte).
       source: the folder the records were converted from.
-      skipped: files that could not be decoded, with the reason.
+      skipped: files that could not be used, each {"path", "split", "reason"}.
       schema_version: SCHEMA_VERSION of the writer.
     """
 
@@ -136,7 +127,6 @@ class Manifest:
     class_names: tuple[str, ...]
     splits: dict[str, SplitInfo]
     stored_size: tuple[int, int] | None
-    jpeg_quality: int
     source: str
     skipped: tuple[dict[str, str], ...] = ()
     schema_version: int = SCHEMA_VERSION
@@ -145,16 +135,19 @@ class Manifest:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def shard_paths(self, records_dir: str, split: str) -> list[str]:
-        """Absolute paths of the shards of `split`, in manifest order."""
-        if split not in self.splits:
+    def split(self, name: str, records_dir: str = "the records folder") -> SplitInfo:
+        """The SplitInfo of `name`; ValueError naming the splits there are."""
+        if name not in self.splits:
             raise ValueError(
-                f"split {split!r} is not in {records_dir} "
-                f"(it has: {', '.join(sorted(self.splits))})"
+                f"split {name!r} is not in {records_dir} (it has: {', '.join(sorted(self.splits))})"
             )
+        return self.splits[name]
+
+    def shard_paths(self, records_dir: str, split: str) -> list[str]:
+        """Paths of the shards of `split`, in manifest order."""
         return [
             os.path.join(records_dir, shard.filename)
-            for shard in self.splits[split].shards
+            for shard in self.split(split, records_dir).shards
         ]
 
     def to_json(self) -> dict[str, Any]:
@@ -171,43 +164,151 @@ class Manifest:
         return data
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Manifest":
-        version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
+    def from_json(cls, data: Any) -> "Manifest":
+        """The manifest of a parsed `manifest.json`.
+
+        Raises:
+          ValueError: a schema version this reader can't read, or a damaged
+            manifest: a field missing, of the wrong type or out of range, a
+            shard file name that leaves the folder, counts that disagree. The
+            message names the field.
+        """
+        root = _Field(data, "")
+        version = root.get("schema_version", None).value
+        if type(version) is not int or version not in READABLE_SCHEMA_VERSIONS:
             raise ValueError(
-                f"records have schema version {version}; this reader "
-                f"understands version {SCHEMA_VERSION}: convert them again"
+                f"records have schema version {version}; this reader understands versions "
+                f"{', '.join(map(str, READABLE_SCHEMA_VERSIONS))}: convert them again"
             )
-        splits = {
-            name: SplitInfo(
-                name=name,
-                shards=tuple(ShardInfo(**s) for s in split["shards"]),
-                class_counts=dict(split["class_counts"]),
-            )
-            for name, split in data["splits"].items()
-        }
-        stored_size = data.get("stored_size")
+        names = root.get("class_names")
+        class_names = tuple(name.text() for name in names.elements())
+        if not class_names or len(set(class_names)) < len(class_names):
+            names.fail("a non-empty list of distinct class names")
+        splits = {name: _split_from_json(name, split, class_names) for name, split in root.get("splits").items()}
+        if not splits:
+            root.get("splits").fail("at least one split")
+        filenames = [shard.filename for split in splits.values() for shard in split.shards]
+        if len(set(filenames)) < len(filenames):
+            twice = next(name for name in filenames if filenames.count(name) > 1)
+            raise ValueError(f"shard {twice} is listed twice")
+        stored = root.get("stored_size", None)
+        stored_size = tuple(size.count() for size in stored.elements()) if stored.value is not None else None
+        if stored_size is not None and (len(stored_size) != 2 or 0 in stored_size):
+            stored.fail("null or [height, width] in pixels")
         return cls(
-            dataset_name=data["dataset_name"],
-            class_names=tuple(data["class_names"]),
+            dataset_name=root.get("dataset_name").text(),
+            class_names=class_names,
             splits=splits,
-            stored_size=tuple(stored_size) if stored_size else None,
-            jpeg_quality=int(data["jpeg_quality"]),
-            source=data["source"],
-            skipped=tuple(data.get("skipped", ())),
+            stored_size=stored_size,
+            source=root.get("source").text(),
+            skipped=tuple(skip.object() for skip in root.get("skipped", []).elements()),
             schema_version=version,
         )
 
 
+_REQUIRED = object()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Field:
+    """A value of the manifest's JSON and where it is, to name it in errors."""
+
+    value: Any
+    where: str  # e.g. "splits.train.shards[0].num_examples"; "" for the whole
+
+    def fail(self, expected: str) -> NoReturn:
+        got = json.dumps(self.value) if not isinstance(self.value, (dict, list)) else type(self.value).__name__
+        raise ValueError(f"{self.where or 'the manifest'} must be {expected}, got {got[:80]}")
+
+    def _child(self, value: Any, name: str) -> "_Field":
+        return _Field(value, f"{self.where}.{name}" if self.where else name)
+
+    def object(self) -> dict[str, Any]:
+        if not isinstance(self.value, dict):
+            self.fail("an object")
+        return self.value
+
+    def get(self, key: str, default: Any = _REQUIRED) -> "_Field":
+        value = self.object().get(key, default)
+        if value is _REQUIRED:
+            raise ValueError(f"{self.where or 'the manifest'} has no {key!r}")
+        return self._child(value, key)
+
+    def items(self) -> list[tuple[str, "_Field"]]:
+        return [(key, self._child(value, key)) for key, value in self.object().items()]
+
+    def elements(self) -> list["_Field"]:
+        if not isinstance(self.value, list):
+            self.fail("a list")
+        return [_Field(value, f"{self.where}[{i}]") for i, value in enumerate(self.value)]
+
+    def text(self) -> str:
+        if not isinstance(self.value, str):
+            self.fail("a string")
+        return self.value
+
+    def count(self) -> int:
+        # bool is an int to Python, not to JSON.
+        if type(self.value) is not int or self.value < 0:
+            self.fail("a whole number >= 0")
+        return self.value
+
+
+def _split_from_json(name: str, split: _Field, class_names: tuple[str, ...]) -> SplitInfo:
+    """One split's SplitInfo; ValueError if its fields or its totals are wrong."""
+    shards = tuple(_shard_from_json(shard) for shard in split.get("shards").elements())
+    if not shards:
+        split.get("shards").fail("a non-empty list")
+    counts = split.get("class_counts")
+    class_counts = {class_name: count.count() for class_name, count in counts.items()}
+    unknown = sorted(set(class_counts) - set(class_names))
+    if unknown:
+        raise ValueError(f"{counts.where} counts {unknown[0]!r}, which is not in class_names")
+    info = SplitInfo(name=name, shards=shards, class_counts=class_counts)
+    for key, total in (("num_examples", info.num_examples), ("num_bytes", info.num_bytes)):
+        if split.get(key).count() != total:
+            raise ValueError(f"{split.where}.{key} is {split.get(key).value}, but its shards add up to {total}")
+    if sum(class_counts.values()) != info.num_examples:
+        raise ValueError(
+            f"{counts.where} add up to {sum(class_counts.values())}, but the shards hold {info.num_examples}"
+        )
+    return info
+
+
+def _shard_from_json(shard: _Field) -> ShardInfo:
+    """One shard's ShardInfo; ValueError unless its file name stays in the folder."""
+    filename = shard.get("filename")
+    if filename.text() in ("", ".", "..") or any(c in filename.value for c in "/\\\0"):
+        filename.fail("a file name in the records folder")
+    return ShardInfo(filename.value, shard.get("num_examples").count(), shard.get("num_bytes").count())
+
+
+def tfds_features(manifest: Manifest):
+    """The TFDS `FeaturesDict` of these records, derived from FEATURES.
+
+    The image is a TFDS `Image` (JPEG), the label a `ClassLabel` with the
+    manifest's class names; other features follow their dtype.
+    """
+    import numpy as np
+    import tensorflow_datasets as tfds  # heavy: only the metadata needs it
+
+    shape = (*manifest.stored_size, 3) if manifest.stored_size else (None, None, 3)
+    by_key = {
+        IMAGE_KEY: lambda: tfds.features.Image(shape=shape, encoding_format="jpeg"),
+        LABEL_KEY: lambda: tfds.features.ClassLabel(names=list(manifest.class_names)),
+    }
+    by_dtype = {
+        tf.int64: lambda: tfds.features.Scalar(dtype=np.int64),
+        tf.string: tfds.features.Text,
+    }
+    return tfds.features.FeaturesDict(
+        {key: by_key.get(key, by_dtype[dtype])() for key, dtype in FEATURES.items()}
+    )
+
+
 def write_manifest(records_dir: str, manifest: Manifest) -> str:
     """Writes the manifest atomically; returns its path."""
-    path = os.path.join(records_dir, MANIFEST_FILENAME)
-    tmp_path = path + ".tmp"
-    with open(tmp_path, "w", encoding="utf-8") as f:
-        json.dump(manifest.to_json(), f, indent=2)
-        f.write("\n")
-    os.replace(tmp_path, path)
-    return path
+    return fileio.write_json(os.path.join(records_dir, MANIFEST_FILENAME), manifest.to_json())
 
 
 def read_manifest(records_dir: str) -> Manifest:
@@ -215,11 +316,41 @@ def read_manifest(records_dir: str) -> Manifest:
 
     Raises:
       FileNotFoundError: the folder holds no finished conversion.
+      ValueError: the manifest is of a schema version this reader can't read,
+        or damaged (not JSON, a field missing or wrong, counts that
+        disagree); the one-line message starts with the manifest's path.
     """
     path = os.path.join(records_dir, MANIFEST_FILENAME)
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"{records_dir} has no {MANIFEST_FILENAME}: run convert.py first"
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"{records_dir} has no {MANIFEST_FILENAME}: run convert.py first")
+    try:
+        return Manifest.from_json(fileio.read_json(path))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text: byte {e.start} is {e.object[e.start]:#04x}") from None
+    except tf.errors.OpError as e:  # a folder, no permission, ...
+        raise ValueError(f"{path}: cannot read it: {e.message}") from None
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def write_tfds_metadata(records_dir: str, manifest: schema.Manifest) -> None:
+    """Writes the TFDS metadata of the manifest, for tfds.builder_from_directory."""
+    import tensorflow_datasets as tfds  # heavy; only the converter needs it
+
+    split_infos = [
+        tfds.core.SplitInfo(
+            name=name,
+            shard_lengths=[shard.num_examples for shard in split.shards],
+            num_bytes=split.num_bytes,
         )
-    with open(path, encoding="utf-8") as f:
-        return Manifest.from_json(json.load(f))
+        for name, split in manifest.splits.items()
+    ]
+    tfds.folder_dataset.write_metadata(
+        data_dir=records_dir,
+        features=tfds_features(manifest),
+        split_infos=split_infos,
+        check_data=False,
+        description=f"Images converted from {manifest.source} by convert.py.",
+    )

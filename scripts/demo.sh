@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
-.venv/bin/python -m pipeline.sample_data --out sample_data/cats_vs_dogs
+.venv/bin/python make_sample.py --out sample_data/cats_vs_dogs
 .venv/bin/python convert.py --src sample_data/cats_vs_dogs --out records --overwrite
 rm -rf runs/demo  # a fresh run each time (the same --model_dir would resume)
 .venv/bin/python train.py --records records --epochs "${EPOCHS:-5}" --model_dir runs/demo

@@ -159,15 +159,18 @@ def make_image_tree(
 
 
 def read_records(records_dir, split: str) -> list[dict]:
-    """Every record of a split, from the shard files, as numpy/python values."""
+    """Every record of a split, from the shard files, as numpy/python values.
+
+    Each also gets "class_name" (from the label and the manifest) and "shard".
+    """
     manifest = schema.read_manifest(str(records_dir))
     out = []
     for path in manifest.shard_paths(str(records_dir), split):
         for serialized in tf.data.TFRecordDataset(path):
             features = schema.parse_example(serialized)
             record = {k: v.numpy() for k, v in features.items()}
-            for key in (schema.CLASS_NAME_KEY, schema.FORMAT_KEY, schema.FILENAME_KEY):
-                record[key] = record[key].decode("utf-8")
+            record[schema.FILENAME_KEY] = record[schema.FILENAME_KEY].decode("utf-8")
+            record["class_name"] = manifest.class_names[record[schema.LABEL_KEY]]
             record["shard"] = os.path.basename(path)
             out.append(record)
     return out

@@ -129,9 +129,10 @@ def test_host_and_device_warps_match_keras(keras_generator, params):
     matrices = _matrices(params, size, size)
 
     expected = keras_generator.apply_transform(image.astype(np.float64), params)
-    host = augment.warp_on_host(tf.constant(image[None]), matrices).numpy()[0].astype(np.float64)
-    assert np.abs(host - expected).mean() < 1.0
-    assert np.abs(host - expected).max() <= 2.0
+    for warp in (augment.warp_on_host, augment.warp_uint8_with_tensorflow):
+        host = warp(tf.constant(image[None]), matrices).numpy()[0].astype(np.float64)
+        assert np.abs(host - expected).mean() < 1.0, warp.__name__
+        assert np.abs(host - expected).max() <= 2.0, warp.__name__
 
     unit = image.astype(np.float64) / 255.0
     expected_unit = keras_generator.apply_transform(unit, params)
@@ -243,25 +244,39 @@ def test_random_affine_same_seed_same_draws():
     assert np.abs(first.numpy()[0] - first.numpy()[1]).max() > 1e-3
 
 
-def test_augment_batch_on_host_seeded():
+@pytest.mark.parametrize("warp", list(augment.HostWarp))
+def test_augment_batch_on_host_seeded(warp):
     batch = np.stack([_smooth_image(24, 24, s) for s in range(4)])
-    first = augment.augment_batch_on_host(tf.constant(batch), tf.constant([1, 2], tf.int64))
-    again = augment.augment_batch_on_host(tf.constant(batch), tf.constant([1, 2], tf.int64))
-    other = augment.augment_batch_on_host(tf.constant(batch), tf.constant([1, 3], tf.int64))
+    config = augment.NOTEBOOK_AUGMENTATION
+    first = augment.augment_batch_on_host(tf.constant(batch), tf.constant([1, 2], tf.int64), config, warp)
+    again = augment.augment_batch_on_host(tf.constant(batch), tf.constant([1, 2], tf.int64), config, warp)
+    other = augment.augment_batch_on_host(tf.constant(batch), tf.constant([1, 3], tf.int64), config, warp)
     assert first.dtype == tf.uint8 and first.shape == batch.shape
     np.testing.assert_array_equal(first.numpy(), again.numpy())
     assert not np.array_equal(first.numpy(), other.numpy())
     assert not np.array_equal(first.numpy(), batch)
 
 
-def test_augment_batch_on_host_inside_dataset_map():
+@pytest.mark.parametrize("warp", list(augment.HostWarp))
+def test_augment_batch_on_host_inside_dataset_map(warp):
     batch = np.stack([_smooth_image(24, 24, s) for s in range(4)])
+    config = augment.NOTEBOOK_AUGMENTATION
     ds = tf.data.Dataset.from_tensors(batch).map(
-        lambda x: augment.augment_batch_on_host(x, tf.constant([1, 2], tf.int64))
+        lambda x: augment.augment_batch_on_host(x, tf.constant([1, 2], tf.int64), config, warp)
     )
     assert ds.element_spec.shape == (4, 24, 24, 3)
-    eager = augment.augment_batch_on_host(tf.constant(batch), tf.constant([1, 2], tf.int64))
+    eager = augment.augment_batch_on_host(tf.constant(batch), tf.constant([1, 2], tf.int64), config, warp)
     np.testing.assert_array_equal(next(iter(ds)).numpy(), eager.numpy())
+
+
+def test_the_two_host_warps_agree_to_rounding():
+    batch = tf.constant(np.stack([_smooth_image(30, 40, s) for s in range(6)]))
+    seed = tf.constant([4, 5], tf.int64)
+    opencv = augment.augment_batch_on_host(batch, seed, warp=augment.HostWarp.OPENCV).numpy().astype(int)
+    graph = augment.augment_batch_on_host(batch, seed, warp=augment.HostWarp.TENSORFLOW).numpy().astype(int)
+    assert np.abs(opencv - graph).mean() < 0.5
+    assert np.abs(opencv - graph).max() <= 2
+    assert np.abs(opencv - batch.numpy()).mean() > 5  # both warped: not two copies of the input
 
 
 def test_warp_with_tensorflow_compiles_with_xla():

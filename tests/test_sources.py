@@ -182,3 +182,138 @@ def test_unusable_sources_raise(tmp_path, setup, match):
 def test_validation_fraction_out_of_range(split_tree, fraction):
     with pytest.raises(sources.SourceError, match="validation_fraction"):
         sources.scan_image_folder(str(split_tree.root), validation_fraction=fraction)
+
+
+# --------------------------------------------------------------------------
+# Odd trees: links, loops, special files, large files.
+
+
+def _reasons(scan, root) -> dict[str, str]:
+    """{path relative to `root`: reason} of the skipped entries."""
+    return {os.path.relpath(s["path"], root): s["reason"] for s in scan.skipped}
+
+
+def test_a_symlink_loop_lists_each_file_once(tmp_path):
+    # One loop per class: more in one folder made the old walk exponential.
+    tree = make_image_tree(tmp_path / "src", "flat", {"cats": 3, "dogs": 1}, (8, 8))
+    os.symlink(".", tree.root / "cats" / "again")  # 3 images became 123 records
+    os.symlink("..", tree.root / "dogs" / "up")
+    scan = sources.scan_image_folder(str(tree.root))
+    assert _relpaths(scan.splits["train"]) == sorted(im.relpath for im in tree.images)
+    assert _reasons(scan, tree.root) == {"cats/again": "symlink loop", "dogs/up": "symlink loop"}
+    assert {s["split"] for s in scan.skipped} == {"train"}
+
+
+def test_each_real_file_counts_once_and_keeps_its_own_class(tmp_path):
+    tree = make_image_tree(tmp_path / "src", "flat", {"cats": 2, "dogs": 2}, (8, 8))
+    cats, dogs = tree.root / "cats", tree.root / "dogs"
+    os.symlink("cats.001.jpg", cats / "a_link.jpg")  # sorts before its target
+    os.symlink("../dogs/dogs.000.jpg", cats / "a_dog.jpg")  # another class's file
+    os.link(dogs / "dogs.001.jpg", dogs / "hard.jpg")
+    os.symlink("../dogs", cats / "b_dogs")  # another class's folder
+    scan = sources.scan_image_folder(str(tree.root))
+    assert _relpaths(scan.splits["train"]) == sorted(im.relpath for im in tree.images)
+    assert {im.relpath: im.class_name for im in scan.splits["train"]}["dogs/dogs.000.jpg"] == "dogs"
+    same = lambda name: f"same file as {tree.root / name}"  # noqa: E731
+    assert _reasons(scan, tree.root) == {
+        "cats/a_link.jpg": same("cats/cats.001.jpg"),
+        "cats/a_dog.jpg": same("dogs/dogs.000.jpg"),
+        "dogs/hard.jpg": same("dogs/dogs.001.jpg"),
+        "cats/b_dogs": "symlink to a folder listed elsewhere",
+    }
+
+
+def test_a_link_never_takes_a_folder_from_its_own_place(tmp_path):
+    tree = make_image_tree(tmp_path / "src", "flat", {"cats": 1, "dogs": 1}, (8, 8))
+    deep = tree.root / "cats" / "z" / "deep.jpg"  # walked after the link that leads to it
+    deep.parent.mkdir()
+    deep.write_bytes(tree.images[0].path.read_bytes())
+    (tree.root / "cats" / "a").mkdir()
+    os.symlink("../z", tree.root / "cats" / "a" / "link")
+    os.symlink("cats", tree.root / "a_cats")  # a class folder, sorted before its target
+    scan = sources.scan_image_folder(str(tree.root))
+    assert scan.class_names == ("a_cats", "cats", "dogs")
+    assert _relpaths(scan.splits["train"]) == sorted(
+        [im.relpath for im in tree.images] + ["cats/z/deep.jpg"]
+    )
+    assert {im.class_name for im in scan.splits["train"]} == {"cats", "dogs"}
+    assert _reasons(scan, tree.root) == dict.fromkeys(
+        ["cats/a/link", "a_cats"], "symlink to a folder listed elsewhere"
+    )
+
+
+def test_a_file_linked_into_two_splits_counts_once(tmp_path):
+    counts = {"train": {"cats": 1, "dogs": 1}, "validation": {"cats": 1, "dogs": 1}}
+    tree = make_image_tree(tmp_path / "src", "split", counts, (8, 8))
+    os.symlink("../../train/cats/cats.000.jpg", tree.root / "validation" / "cats" / "leak.jpg")
+    scan = sources.scan_image_folder(str(tree.root))
+    assert scan.num_files == 4
+    assert [(s["split"], s["reason"].split(" as ")[0]) for s in scan.skipped] == [("validation", "same file")]
+
+
+def test_symlinked_folders_inside_src_are_followed(tmp_path):
+    tree = make_image_tree(tmp_path / "src", "flat", {"cats": 1, "dogs": 1}, (8, 8))
+    shared = tree.root / ".shared"  # hidden: not a class folder of its own
+    shared.mkdir()
+    (shared / "extra.jpg").write_bytes(tree.images[0].path.read_bytes())
+    os.symlink("../.shared", tree.root / "cats" / "more")
+    scan = sources.scan_image_folder(str(tree.root))
+    assert "cats/more/extra.jpg" in _relpaths(scan.splits["train"])
+    assert not scan.skipped
+
+
+def test_broken_links_special_files_and_large_files_are_skipped_with_reasons(tmp_path):
+    tree = make_image_tree(tmp_path / "src", "flat", {"cats": 2, "dogs": 2}, (8, 8))
+    cats = tree.root / "cats"
+    os.symlink("missing.jpg", cats / "dangling.jpg")
+    os.symlink("self.jpg", cats / "self.jpg")
+    os.mkfifo(cats / "pipe.jpg")  # listing it must not open it: that would block
+    with open(cats / "huge.jpg", "wb") as f:
+        f.truncate(300 * 2**20)  # sparse: over the 256 MiB default, no disk used
+    scan = sources.scan_image_folder(str(tree.root))
+    assert _relpaths(scan.splits["train"]) == sorted(im.relpath for im in tree.images)
+    assert _reasons(scan, tree.root) == {
+        "cats/dangling.jpg": "broken symlink",
+        "cats/self.jpg": "symlink loop",
+        "cats/pipe.jpg": "not a regular file (fifo)",
+        "cats/huge.jpg": "larger than --max_file_mb=256 (300 MiB)",
+    }
+    # The limit is a parameter; the sizes are MiB.
+    small = sources.scan_image_folder(str(tree.root), max_file_mb=400)
+    assert "cats/huge.jpg" in _relpaths(small.splits["train"])
+
+
+def test_links_out_of_src_are_skipped_unless_followed(tmp_path):
+    outside = make_image_tree(tmp_path / "elsewhere", "flat", {"birds": 2}, (8, 8))
+    tree = make_image_tree(tmp_path / "src", "flat", {"cats": 1, "dogs": 1}, (8, 8))
+    cats = tree.root / "cats"
+    os.symlink(outside.images[0].path, cats / "bird.jpg")
+    os.symlink(outside.root / "birds", cats / "birds")
+    os.symlink("/dev/zero", cats / "zero.jpg")
+    scan = sources.scan_image_folder(str(tree.root))
+    assert _relpaths(scan.splits["train"]) == sorted(im.relpath for im in tree.images)
+    assert _reasons(scan, tree.root) == dict.fromkeys(
+        ["cats/bird.jpg", "cats/birds", "cats/zero.jpg"], "symlink leads outside --src"
+    )
+
+    followed = sources.scan_image_folder(str(tree.root), follow_external_links=True)
+    assert _relpaths(followed.splits["train"]) == sorted(
+        [im.relpath for im in tree.images] + ["cats/bird.jpg", "cats/birds/birds.001.jpg"]
+    )
+    assert _reasons(followed, tree.root) == {
+        # birds.000 is bird.jpg, found first through the file link
+        "cats/birds/birds.000.jpg": f"same file as {cats / 'bird.jpg'}",
+        "cats/zero.jpg": "not a regular file (character device)",
+    }
+
+
+def test_a_class_folder_linked_from_outside_is_skipped_unless_followed(tmp_path):
+    outside = make_image_tree(tmp_path / "elsewhere", "flat", {"birds": 2}, (8, 8))
+    tree = make_image_tree(tmp_path / "src", "flat", {"cats": 1}, (8, 8))
+    os.symlink(outside.root / "birds", tree.root / "birds")
+    scan = sources.scan_image_folder(str(tree.root))
+    assert scan.class_names == ("birds", "cats")
+    assert _relpaths(scan.splits["train"]) == ["cats/cats.000.jpg"]
+    assert _reasons(scan, tree.root) == {"birds": "symlink leads outside --src"}
+    followed = sources.scan_image_folder(str(tree.root), follow_external_links=True)
+    assert followed.num_files == 3 and not followed.skipped

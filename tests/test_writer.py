@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import re
+import signal
+import socket
+import struct
 import subprocess
 import sys
+import zlib
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from conftest import (
     COLOUR_TOLERANCE,
@@ -27,7 +32,9 @@ from conftest import (
     read_records,
     save_image,
 )
+from pipeline import out_dir
 from pipeline import schema
+from pipeline import sharding
 from pipeline import sources
 from pipeline import writer
 
@@ -46,6 +53,11 @@ def _check_colour(image: np.ndarray, colour) -> None:
     """Every pixel of a decoded flat image is within tolerance of `colour`."""
     diff = np.abs(image.astype(np.int16) - np.array(colour, np.int16))
     assert diff.max() <= COLOUR_TOLERANCE, (diff.max(), colour, mean_colour(image))
+
+
+def _reasons(skipped, root) -> dict[str, str]:
+    """{path relative to `root`: reason} of skipped entries."""
+    return {os.path.relpath(s["path"], root): s["reason"] for s in skipped}
 
 
 def _add_bad_files(folder: Path) -> dict[str, str]:
@@ -78,9 +90,9 @@ def test_records_hold_every_source_image_with_its_pixels_and_label(split_tree, s
         assert sorted(r[schema.FILENAME_KEY] for r in records) == sorted(expected)
         for record in records:
             source = expected[record[schema.FILENAME_KEY]]
-            assert record[schema.CLASS_NAME_KEY] == source.class_name
+            assert record["class_name"] == source.class_name
             assert record[schema.LABEL_KEY] == manifest.class_names.index(source.class_name)
-            assert record[schema.FORMAT_KEY] == "jpeg"
+            assert record[schema.IMAGE_KEY][:2] == b"\xff\xd8"  # a JPEG
             assert (record[schema.HEIGHT_KEY], record[schema.WIDTH_KEY]) == source.size
             # RGB JPEGs kept at their size are stored byte for byte.
             assert record[schema.IMAGE_KEY] == source.path.read_bytes()
@@ -96,7 +108,7 @@ def test_manifest_counts_match_the_shards_and_the_sources(split_tree, split_reco
     assert manifest.dataset_name == "pets"
     assert manifest.stored_size is None
     assert manifest.source == os.path.abspath(split_tree.root)
-    assert manifest.skipped == () and summary.skipped == []
+    assert manifest.skipped == () and not summary.skipped
     assert set(manifest.splits) == {"train", "validation", "test"}
 
     listed = []
@@ -119,7 +131,7 @@ def test_manifest_counts_match_the_shards_and_the_sources(split_tree, split_reco
         # Shards numbered 0..n-1 in manifest order.
         assert [int(SHARD_RE.match(s.filename)["i"]) for s in info.shards] == list(range(len(info.shards)))
     # Shards of 4+ images: DEFAULT_MIN_SHARDS of them.
-    assert len(manifest.splits["train"].shards) == writer.DEFAULT_MIN_SHARDS
+    assert len(manifest.splits["train"].shards) == sharding.DEFAULT_MIN_SHARDS
     assert sorted(listed) == _shard_files(records_dir)
     assert summary.num_images == len(split_tree.images)
     assert summary.num_bytes == sum(s.num_bytes for s in manifest.splits.values())
@@ -131,8 +143,8 @@ def test_every_shard_holds_both_classes(split_records):
     records = read_records(records_dir, "train")
     by_shard: dict[str, set] = {}
     for record in records:
-        by_shard.setdefault(record["shard"], set()).add(record[schema.CLASS_NAME_KEY])
-    assert len(by_shard) == writer.DEFAULT_MIN_SHARDS
+        by_shard.setdefault(record["shard"], set()).add(record["class_name"])
+    assert len(by_shard) == sharding.DEFAULT_MIN_SHARDS
     for shard, classes in by_shard.items():
         assert classes == {"cats", "dogs"}, shard
 
@@ -152,7 +164,7 @@ def test_classes_argument_sets_the_labels(split_tree, tmp_path):
     assert schema.read_manifest(str(tmp_path / "records")).class_names == ("dogs", "cats")
     for split in ("train", "test"):
         for record in read_records(tmp_path / "records", split):
-            expected = {"dogs": 0, "cats": 1}[record[schema.CLASS_NAME_KEY]]
+            expected = {"dogs": 0, "cats": 1}[record["class_name"]]
             assert record[schema.LABEL_KEY] == expected
     assert summary.manifest.splits["train"].class_counts == {"dogs": 12, "cats": 12}
 
@@ -267,14 +279,15 @@ def test_other_formats_are_stored_as_rgb_jpegs(tmp_path):
     rgba[:, :16, :3] = colour
     rgba[:, :16, 3] = 255
     Image.fromarray(rgba, "RGBA").save(folder / "g_alpha.png")
+    save_image(flat, src / "others" / "x.jpg")  # a second class: one is refused
 
     summary = convert(src, tmp_path / "records")
-    assert summary.skipped == []
+    assert not summary.skipped
     records = {r[schema.FILENAME_KEY]: r for r in read_records(tmp_path / "records", "train")}
+    del records["others/x.jpg"]
     assert sorted(records) == sorted([*expected, "things/g_alpha.png"])
     for name, record in records.items():
         encoded = record[schema.IMAGE_KEY]
-        assert record[schema.FORMAT_KEY] == "jpeg"
         assert encoded[:2] == b"\xff\xd8", name
         with Image.open(io.BytesIO(encoded)) as stored:
             assert (stored.format, stored.mode) == ("JPEG", "RGB"), name
@@ -303,7 +316,7 @@ def test_bad_files_are_skipped_and_reported(tmp_path):
         assert word in entry["reason"], entry
         assert entry["path"] == os.path.abspath(tree.root / "cats" / name)
     manifest = schema.read_manifest(str(tmp_path / "records"))
-    assert [dict(s) for s in manifest.skipped] == summary.skipped
+    assert [dict(s) for s in manifest.skipped] == [dict(s) for s in summary.skipped]  # as on disk
     info = manifest.splits["train"]
     assert info.num_examples == 8
     assert sum(count_records(tmp_path / "records" / s.filename) for s in info.shards) == 8
@@ -336,6 +349,7 @@ def test_strict_fails_on_a_bad_file_and_leaves_nothing(tmp_path):
 
 def test_no_decodable_image_is_an_error(tmp_path):
     _add_bad_files(tmp_path / "src" / "cats")
+    _add_bad_files(tmp_path / "src" / "dogs")
     out = tmp_path / "records"
     with pytest.raises(writer.ConversionError, match="decodes"):
         convert(tmp_path / "src", out)
@@ -345,7 +359,14 @@ def test_no_decodable_image_is_an_error(tmp_path):
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"num_shards": 0}, "num_shards"), ({"image_size": (0, 8)}, "image_size")],
+    [
+        ({"num_shards": 0}, "num_shards"),
+        ({"image_size": (0, 8)}, "image_size"),
+        ({"shard_bytes": 0}, "shard_bytes"),
+        ({"workers": -1}, "workers"),
+        ({"max_file_mb": 0}, "max_file_mb"),
+        ({"max_pixels": 0}, "max_pixels"),
+    ],
 )
 def test_bad_arguments_are_errors(split_tree, tmp_path, kwargs, match):
     with pytest.raises(writer.ConversionError, match=match):
@@ -360,6 +381,161 @@ def test_an_out_that_is_a_file_is_an_error(split_tree, tmp_path):
         convert(split_tree.root, out, overwrite=True)
     assert out.read_text() == "not a folder"
     assert not _partial_folders(tmp_path)
+
+
+def write_huge_png(path: Path, width: int = 12000, height: int = 12000) -> None:
+    """A valid black PNG of width x height 1-bit pixels, a few KB on disk."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = (b"\0" + bytes((width + 7) // 8)) * height  # filter byte + row
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows, 9))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_scan_and_decode_skips_reach_the_summary_and_manifest(tmp_path, monkeypatch):
+    tree = make_image_tree(tmp_path / "src", "flat", {"cats": 3, "dogs": 3}, [(16, 16), (16, 24)])
+    outside = make_image_tree(tmp_path / "elsewhere", "flat", {"birds": 1}, (16, 16))
+    cats, dogs = tree.root / "cats", tree.root / "dogs"
+    os.symlink(".", cats / "loop")  # 3 images became 123 records
+    os.symlink("gone.jpg", cats / "dangling.jpg")  # crashed the run
+    os.symlink(outside.images[0].path, cats / "bird.jpg")  # was followed without a word
+    write_huge_png(dogs / "huge.png")
+    (dogs / "notes.jpg").write_text("not an image")
+
+    decoded_sizes = []
+    load = PngImagePlugin.PngImageFile.load
+
+    def recording_load(image):  # the pixel limit must act before any decode
+        decoded_sizes.append(image.size)
+        return load(image)
+
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", recording_load)
+    summary = convert(tree.root, tmp_path / "records", num_shards=1)
+    assert (12000, 12000) not in decoded_sizes
+
+    assert summary.manifest.splits["train"].class_counts == {"cats": 3, "dogs": 3}
+    assert count_records(tmp_path / "records" / summary.manifest.splits["train"].shards[0].filename) == 6
+    reasons = _reasons(summary.skipped, tree.root)
+    assert reasons == {
+        "cats/loop": "symlink loop",
+        "cats/dangling.jpg": "broken symlink",
+        "cats/bird.jpg": "symlink leads outside --src",
+        "dogs/huge.png": "12000x12000 pixels, over --max_pixels=100000000",
+        "dogs/notes.jpg": "not an image",
+    }
+    assert {s["split"] for s in summary.skipped} == {"train"}
+    on_disk = schema.read_manifest(str(tmp_path / "records")).skipped
+    assert [dict(s) for s in on_disk] == [dict(s) for s in summary.skipped]
+    assert re.search(r"skipped\s+5 files", summary.format())
+
+    # The limits and the link policy are arguments.
+    summary = convert(tree.root, tmp_path / "followed", follow_external_links=True, max_pixels=300)
+    reasons = _reasons(summary.skipped, tree.root)
+    assert "cats/bird.jpg" not in reasons
+    too_large = [name for name, reason in reasons.items() if reason == "24x16 pixels, over --max_pixels=300"]
+    assert sorted(too_large) == ["cats/cats.001.jpg", "dogs/dogs.000.jpg", "dogs/dogs.002.jpg"]
+    assert summary.manifest.splits["train"].class_counts == {"cats": 3, "dogs": 1}  # with bird.jpg
+
+
+def test_strict_fails_on_a_scan_skip_before_writing(tmp_path):
+    tree = make_image_tree(tmp_path / "src", "flat", {"cats": 2, "dogs": 2}, (16, 16))
+    os.symlink("gone.jpg", tree.root / "dogs" / "dangling.jpg")
+    out = tmp_path / "records"
+    with pytest.raises(writer.ConversionError, match=r"--strict: .*dangling\.jpg: broken symlink"):
+        convert(tree.root, out, strict=True)
+    assert not out.exists()
+
+
+# --------------------------------------------------------------------------
+# Classes: at least two, each with images.
+
+
+def test_an_empty_class_folder_is_an_error_naming_it(tmp_path):
+    tree = make_image_tree(tmp_path / "src", "flat", {"cats": 2, "dogs": 2}, (16, 16))
+    (tree.root / "birds").mkdir()
+    out = tmp_path / "records"
+    match = r"class birds has no image in train.*--classes=cats,dogs"
+    with pytest.raises(writer.ConversionError, match=match):
+        convert(tree.root, out)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("when", ["decoding", "scanning"])
+def test_a_class_whose_every_file_is_skipped_is_an_error(split_tree, tmp_path, when):
+    tree = make_image_tree(tmp_path / "src", "flat", {"cats": 2, "dogs": 2}, (16, 16))
+    if when == "decoding":
+        _add_bad_files(tree.root / "birds")
+    else:
+        (tree.root / "birds").mkdir()
+        os.symlink("gone.jpg", tree.root / "birds" / "dangling.jpg")
+    out = tmp_path / "records"
+    convert(split_tree.root, out)
+    before = {name: (out / name).read_bytes() for name in os.listdir(out)}
+    with pytest.raises(writer.ConversionError, match=r"class birds has no image in train"):
+        convert(tree.root, out, overwrite=True)
+    # Checked before anything is moved: the earlier records are whole.
+    assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
+
+
+def test_the_train_split_is_what_each_class_needs_images_in(tmp_path):
+    counts = {"train": {"cats": 2}, "validation": {"cats": 1, "dogs": 1}}
+    tree = make_image_tree(tmp_path / "src", "split", counts, (16, 16))
+    with pytest.raises(writer.ConversionError, match=r"class dogs has no image in train .*--classes=cats$"):
+        convert(tree.root, tmp_path / "records")
+    # Without a train split, any split will do; a class in none is an error.
+    counts = {"validation": {"cats": 1, "dogs": 1}, "test": {"cats": 1}}
+    tree = make_image_tree(tmp_path / "eval_only", "split", counts, (16, 16))
+    assert set(convert(tree.root, tmp_path / "eval").manifest.splits) == {"validation", "test"}
+    (tree.root / "test" / "birds").mkdir()
+    with pytest.raises(writer.ConversionError, match=r"class birds has no image in any split"):
+        convert(tree.root, tmp_path / "eval2")
+
+
+def test_a_single_class_is_refused(split_tree, tmp_path):
+    tree = make_image_tree(tmp_path / "src", "flat", {"cats": 3}, (16, 16))
+    with pytest.raises(writer.ConversionError, match=r"only one class, cats: .*two or more class folders"):
+        convert(tree.root, tmp_path / "records")
+    with pytest.raises(writer.ConversionError, match=r"only one class, dogs: .*--classes names one"):
+        convert(split_tree.root, tmp_path / "records", classes=["dogs"])
+    assert not (tmp_path / "records").exists()
+
+
+# --------------------------------------------------------------------------
+# Where the records go.
+
+
+@pytest.mark.parametrize("where", ["src itself", "inside src", "inside src through a link"])
+def test_out_in_src_is_refused(tmp_path, where):
+    tree = make_image_tree(tmp_path / "src", "flat", {"cats": 2, "dogs": 2}, (16, 16))
+    os.symlink(tree.root, tmp_path / "link")
+    out = {
+        "src itself": tree.root,
+        "inside src": tree.root / "records",
+        "inside src through a link": tmp_path / "link" / "cats" / "records",
+    }[where]
+    match = "is --src itself" if where == "src itself" else "is inside --src"
+    with pytest.raises(writer.ConversionError, match=match):
+        convert(tree.root, out, overwrite=True)
+    assert sorted(p.name for p in tree.root.iterdir()) == ["cats", "dogs"]
+    assert not (tree.root / "cats" / "records").exists()
+
+
+@pytest.mark.parametrize("name", out_dir.TFDS_METADATA_FILES)
+def test_user_files_named_like_tfds_metadata_need_overwrite(split_tree, tmp_path, name):
+    out = tmp_path / "records"
+    out.mkdir()
+    (out / name).write_text("the user's own")
+    with pytest.raises(writer.ConversionError, match=rf"{re.escape(name)}.*--overwrite"):
+        convert(split_tree.root, out)
+    assert (out / name).read_text() == "the user's own"
+    assert os.listdir(out) == [name]
+    convert(split_tree.root, out, overwrite=True)
+    assert (out / name).read_text() != "the user's own"
 
 
 # --------------------------------------------------------------------------
@@ -407,6 +583,92 @@ def test_a_manifest_alone_counts_as_existing_records(split_tree, tmp_path):
     (other / "readme.txt").write_text("hello")
     convert(split_tree.root, other)
     assert schema.read_manifest(str(other)).splits["train"].num_examples == 24
+
+
+def _dead_pid() -> int:
+    """The PID of a process of ours that has ended."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_scratch_folders_are_removed_and_live_ones_kept(split_tree, tmp_path, capsys):
+    out = tmp_path / "records"
+    convert(split_tree.root, out, num_shards=1)
+    host = socket.gethostname()
+    stale = [
+        f"{out_dir.SCRATCH_PREFIX}{host}-{_dead_pid()}-k1ll3d",
+        f"{out_dir.SCRATCH_PREFIX}{host}-{os.getpid()}-0ld",  # ours, from a dead run before us
+    ]
+    kept = [
+        f"{out_dir.SCRATCH_PREFIX}{host}-{os.getppid()}-running",  # a live process
+        f"{out_dir.SCRATCH_PREFIX}another-host-1-remote",  # a shared disk: not ours to judge
+        f"{out_dir.SCRATCH_PREFIX}nopid",
+    ]
+    for name in stale + kept:
+        (out / name).mkdir()
+        (out / name / "cats-train.tfrecord-00000-of-00001").write_bytes(b"half")
+    capsys.readouterr()
+
+    convert(split_tree.root, out, overwrite=True, num_shards=2)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"removed 2 scratch folder(s) that interrupted conversions left in {out}")
+    assert all(name in lines[0] for name in stale)
+    assert sorted(_partial_folders(out)) == sorted(kept)
+    assert schema.read_manifest(str(out)).splits["train"].num_examples == 24
+
+
+def test_a_refused_conversion_leaves_stale_scratch_alone(split_tree, tmp_path):
+    out = tmp_path / "records"
+    convert(split_tree.root, out, num_shards=1)
+    name = f"{out_dir.SCRATCH_PREFIX}{socket.gethostname()}-{_dead_pid()}-k1ll3d"
+    (out / name).mkdir()
+    with pytest.raises(writer.ConversionError, match="overwrite"):
+        convert(split_tree.root, out)
+    assert _partial_folders(out) == [name]
+
+
+def test_the_records_are_renamed_from_a_scratch_folder_inside_out(split_tree, tmp_path, monkeypatch):
+    """An --out on another filesystem than the temp folder works: every move stays inside it."""
+    out = tmp_path / "records"
+    convert(split_tree.root, out, num_shards=1)
+    moves = []
+    replace = os.replace
+
+    def same_filesystem_only(src, dst):
+        moves.append((os.path.dirname(os.path.dirname(src)), os.path.dirname(dst)))
+        if moves[-1] != (str(out), str(out)):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", same_filesystem_only)
+    monkeypatch.setattr(os, "rename", same_filesystem_only)
+    summary = convert(split_tree.root, out, overwrite=True, num_shards=2)
+    assert len(moves) == len(os.listdir(out)) == 6 + 1 + len(out_dir.TFDS_METADATA_FILES)
+    assert _shard_files(out) == sorted(
+        s.filename for info in summary.manifest.splits.values() for s in info.shards
+    )
+
+
+def test_ctrl_c_during_the_move_comes_after_the_whole_new_set(split_tree, tmp_path, monkeypatch):
+    out = tmp_path / "records"
+    convert(split_tree.root, out, num_shards=1)
+    replace, interrupts = os.replace, []
+
+    def interrupting_replace(src, dst):
+        if not interrupts:  # Ctrl-C as the first file is moved in
+            interrupts.append(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+        return replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", interrupting_replace)
+    with pytest.raises(KeyboardInterrupt):
+        convert(split_tree.root, out, overwrite=True, num_shards=2)
+    manifest = schema.read_manifest(str(out))
+    assert _shard_files(out) == sorted(s.filename for info in manifest.splits.values() for s in info.shards)
+    assert len(_shard_files(out)) == 6
+    assert not _partial_folders(out)
 
 
 # --------------------------------------------------------------------------
@@ -557,7 +819,7 @@ def test_cli_classes_and_image_size(cli, tmp_path):
     records = read_records(out, "train")
     assert len(records) == 6
     for record in records:
-        assert record[schema.LABEL_KEY] == {"dogs": 0, "cats": 1}[record[schema.CLASS_NAME_KEY]]
+        assert record[schema.LABEL_KEY] == {"dogs": 0, "cats": 1}[record["class_name"]]
         assert (record[schema.HEIGHT_KEY], record[schema.WIDTH_KEY]) == (20, 20)
         assert decode_jpeg(record[schema.IMAGE_KEY]).shape == (20, 20, 3)
     assert not _partial_folders(out.parent)

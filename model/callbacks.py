@@ -1,0 +1,110 @@
+"""Per-epoch callbacks of a training run: throughput, what limits it, history."""
+
+from __future__ import annotations
+
+import time
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+from pipeline import fileio
+from pipeline import plots
+
+# Training that reaches this share of the input pipeline's own rate is
+# waiting for input: the accelerator could go faster with a faster input.
+INPUT_BOUND_SHARE = 0.8
+_PROBE_BATCHES = 10
+
+
+def probe_input_rate(data: tf.data.Dataset, batches: int = _PROBE_BATCHES) -> float:
+    """Images/s the input pipeline delivers alone: `batches` after a warm-up one.
+
+    Args:
+      data: batched (images, labels); images [B, ...].
+      batches: timed batches.
+    """
+    iterator = iter(data)
+    next(iterator)  # iterator start-up and shuffle-buffer fill: not the steady rate
+    start, images = time.perf_counter(), 0
+    for _ in range(batches):
+        try:
+            images += int(next(iterator)[0].shape[0])
+        except StopIteration:
+            break
+    return images / max(time.perf_counter() - start, 1e-9)
+
+
+class EpochThroughput(keras.callbacks.Callback):
+    """Adds to each epoch's logs its training rate and, with `input_data`, what limits it.
+
+    Logs `images_per_second` (training batches only); with `input_data`, also
+    `input_images_per_second` (a short probe of the same pipeline, run alone
+    after the epoch) and `input_bound`: 1.0 when training reached
+    INPUT_BOUND_SHARE of the input's own rate, else 0.0 (logs stay numbers:
+    TensorBoard plots every one).
+    """
+
+    def __init__(self, batch_size: int, input_data: tf.data.Dataset | None = None):
+        super().__init__()
+        self.batch_size = batch_size
+        self.input_data = input_data
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+        self._last = self._start
+        self._batches = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._batches += 1
+        self._last = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        rate = self._batches * self.batch_size / max(self._last - self._start, 1e-9)
+        logs["images_per_second"] = rate
+        if self.input_data is None:
+            logging.info("epoch %d: %.0f training images/s", epoch + 1, rate)
+            return
+        input_rate = probe_input_rate(self.input_data)
+        input_bound = rate >= INPUT_BOUND_SHARE * input_rate
+        logs["input_images_per_second"] = input_rate
+        logs["input_bound"] = float(input_bound)
+        logging.info(
+            "epoch %d: %.0f training images/s; the input alone delivers %.0f images/s: %s-bound",
+            epoch + 1, rate, input_rate, limited_by(input_bound),
+        )
+
+
+def limited_by(input_bound: float) -> str:
+    """The verdict in words: "input" or "compute"."""
+    return "input" if input_bound else "compute"
+
+
+def read_history(path: str) -> list[dict]:
+    """The epochs recorded in history.json, or [] when there is none."""
+    return fileio.read_json(path) if tf.io.gfile.exists(path) else []
+
+
+class HistoryFile(keras.callbacks.Callback):
+    """Keeps history.json and the curves PNG current after every epoch.
+
+    Entries are keyed by epoch, so a resumed run replaces the epochs it
+    repeats and keeps the ones before. An epoch with `input_bound` also gets
+    `limited_by`, the verdict in words.
+    """
+
+    def __init__(self, history_path: str, plot_path: str):
+        super().__init__()
+        self.history_path = history_path
+        self.plot_path = plot_path
+        self.entries = {entry["epoch"]: entry for entry in read_history(history_path)}
+
+    def on_epoch_end(self, epoch, logs=None):
+        values = {k: float(v) for k, v in (logs or {}).items()}
+        if "input_bound" in values:
+            values["limited_by"] = limited_by(values["input_bound"])
+        self.entries[epoch] = {"epoch": epoch, **values}
+        history = [self.entries[e] for e in sorted(self.entries) if e <= epoch]
+        fileio.write_json(self.history_path, history)
+        plots.plot_history(history, self.plot_path)

@@ -1,0 +1,55 @@
+"""The hardware a run finds, and the settings that fit it.
+
+Mixed precision and XLA are for accelerators: on a CPU they slow training
+(figures in BUILD.md, "On a GPU box"), so a CPU-only run warns about them.
+Where the augmentation runs by default follows the hardware too: on a GPU the
+device warp frees the host cores; on a CPU the host warp is the faster one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import tensorflow as tf
+
+# What each GPU-only setting cost on this project's 2-core CPU machine, from
+# the runs in BUILD.md ("On a GPU box"); the CPU-only warnings quote them.
+CPU_COSTS = {
+    "mixed_precision": "bfloat16 is emulated: 6.6x slower here (13 vs 86 training images/s)",
+    "jit_compile": "XLA compiled the CNN into slower CPU code here (63 vs 86 training images/s)",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Hardware:
+    """The devices TensorFlow sees."""
+
+    gpus: tuple[str, ...]  # one name per GPU
+    cpu_cores: int
+
+    def describe(self) -> str:
+        if not self.gpus:
+            return f"CPU only ({self.cpu_cores} cores)"
+        return f"{len(self.gpus)} GPU(s): {', '.join(self.gpus)}; {self.cpu_cores} CPU cores"
+
+
+def detect() -> Hardware:
+    """The GPUs TensorFlow can use, by name, and the CPU cores."""
+    names = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        details = tf.config.experimental.get_device_details(gpu)
+        names.append(details.get("device_name", gpu.name))
+    return Hardware(gpus=tuple(names), cpu_cores=os.cpu_count() or 1)
+
+
+def cpu_only_warnings(hardware: Hardware, mixed_precision: bool, jit_compile: bool) -> list[str]:
+    """One line per setting that is known to slow training on this hardware."""
+    if hardware.gpus:
+        return []
+    asked = {"mixed_precision": mixed_precision, "jit_compile": jit_compile}
+    return [
+        f"--{name} on a machine without a GPU: {CPU_COSTS[name]}; leave it off here"
+        for name, on in asked.items()
+        if on
+    ]

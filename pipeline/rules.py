@@ -1,0 +1,135 @@
+"""What a conversion refuses, checked before it writes and before it replaces.
+
+Every refusal is a ConversionError whose message is the one line the user sees.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from collections.abc import Sequence
+
+from pipeline import out_dir
+from pipeline import schema
+from pipeline import sources
+
+
+class ConversionError(ValueError):
+    """The conversion cannot be done as asked; the message says why."""
+
+
+def check_out(src: str | None, out: str, overwrite: bool) -> None:
+    """Refuses an `out` that is a file, is or is inside `src`, or holds files it would replace."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ConversionError(f"--out {out} is a file, not a folder")
+    if src:  # a missing --src is the scan's error
+        src_real, out_real = os.path.realpath(src), os.path.realpath(out)
+        if os.path.commonpath([src_real, out_real]) == src_real:
+            where = "is --src itself" if out_real == src_real else f"is inside --src {src}"
+            raise ConversionError(
+                f"--out {out} {where}: write the records outside the image folder"
+            )
+    existing = out_dir.replaced_files(out)
+    if existing and not overwrite:
+        more = ", ..." if len(existing) > 1 else ""
+        raise ConversionError(
+            f"{out} already holds {existing[0]}{more}, which the conversion writes: "
+            "pass --overwrite to replace them"
+        )
+
+
+def check_positive(**values: int | None) -> None:
+    """ConversionError naming the first argument below 1; None means its default."""
+    for name, value in values.items():
+        if value is not None and value < 1:
+            raise ConversionError(f"--{name} must be at least 1, got {value}")
+
+
+def class_counts(splits: dict[str, list[sources.SourceImage]]) -> dict[str, dict[str, int]]:
+    """split name -> class name -> images, of a scan."""
+    return {
+        name: dict(collections.Counter(image.class_name for image in images))
+        for name, images in splits.items()
+    }
+
+
+def check_classes(class_names: Sequence[str], counts: dict[str, dict[str, int]]) -> None:
+    """Refuses a class with no image to learn from.
+
+    Args:
+      class_names: the label order.
+      counts: split name -> class name -> images. The train split is what
+        a model learns from, so it is the one checked; with no train split,
+        all splits together are.
+    """
+    if "train" in counts:
+        where, totals = "train", collections.Counter(counts["train"])
+    else:
+        where, totals = "any split", sum(map(collections.Counter, counts.values()), collections.Counter())
+    empty = [name for name in class_names if not totals[name]]
+    if not empty:
+        return
+    others = [name for name in class_names if name not in empty]
+    hint = f"; leave it out with --classes={','.join(others)}" if others else ""
+    raise ConversionError(
+        f"class {', '.join(empty)} has no image in {where} (its folder is empty, "
+        f"or every file in it was skipped){hint}"
+    )
+
+
+def check_strict(skipped: Sequence[dict[str, str]]) -> None:
+    """With --strict, any skipped file ends the conversion."""
+    if skipped:
+        more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
+        raise ConversionError(f"--strict: {skipped[0]['path']}: {skipped[0]['reason']}{more}")
+
+
+def checked_scan(
+    src: str,
+    classes: Sequence[str] | None,
+    validation_fraction: float,
+    seed: int,
+    strict: bool,
+    follow_external_links: bool,
+    max_file_mb: int,
+) -> sources.FolderScan:
+    """`sources.scan_image_folder`, refused unless it can make a classifier's data.
+
+    Raises:
+      ConversionError: fewer than two classes, a class without files, or
+        (with `strict`) a file the scan skipped.
+    """
+    scan = sources.scan_image_folder(
+        src, classes, validation_fraction, seed,
+        follow_external_links=follow_external_links, max_file_mb=max_file_mb,
+    )
+    if len(scan.class_names) < 2:
+        raise ConversionError(
+            f"only one class, {scan.class_names[0]}: a classifier needs two or more"
+            + (" (--classes names one)" if classes else " class folders")
+        )
+    check_classes(scan.class_names, class_counts(scan.splits))
+    if strict:
+        check_strict(scan.skipped)
+    return scan
+
+
+def checked_splits(
+    written: dict[str, schema.SplitInfo], class_names: Sequence[str], src: str, scratch: str
+) -> dict[str, schema.SplitInfo]:
+    """The written splits that hold images, once every class is known to have some.
+
+    A split whose every file was skipped is left out, and its shards deleted.
+
+    Raises:
+      ConversionError: no image at all, or a class without images.
+    """
+    splits = {name: split for name, split in written.items() if split.num_examples}
+    if not splits:
+        raise ConversionError(f"no file under {src} decodes as an image")
+    check_classes(class_names, {name: split.class_counts for name, split in written.items()})
+    for split in written.values():
+        if split.name not in splits:
+            for shard in split.shards:
+                os.remove(os.path.join(scratch, shard.filename))
+    return splits

@@ -1,0 +1,179 @@
+"""The training input on tf.data service: a dispatcher and two workers as processes.
+
+Every server listens on a free port and is addressed at 127.0.0.1 only; the
+tests stop them by PID.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import COLOUR_TOLERANCE, convert, make_image_tree, nearest_palette_colour
+from model import training
+from pipeline import augment, dataset, schema, service
+
+REPO = Path(__file__).resolve().parents[1]
+COUNTS = {"train": {"cats": 14, "dogs": 13}, "validation": {"cats": 3, "dogs": 3}}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict:
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
+
+
+class Cluster:
+    """A dispatcher and its workers, each a data_service.py subprocess."""
+
+    def __init__(self):
+        self.dispatcher_port = free_port()
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.worker_ports: dict[str, int] = {}
+        self._start("dispatcher", "--role=dispatcher", f"--port={self.dispatcher_port}")
+
+    @property
+    def address(self) -> str:
+        return f"grpc://127.0.0.1:{self.dispatcher_port}"
+
+    def _start(self, name: str, *args: str) -> None:
+        process = subprocess.Popen(
+            [sys.executable, str(REPO / "data_service.py"), *args],
+            cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )
+        line = process.stdout.readline()  # printed once the server listens
+        assert "listening on port" in line, (name, line)
+        self.processes[name] = process
+
+    def start_worker(self, name: str, port: int | None = None) -> None:
+        port = port or free_port()
+        self.worker_ports[name] = port
+        self._start(name, "--role=worker", f"--dispatcher={self.address}", f"--port={port}", "--host=127.0.0.1")
+
+    def kill(self, name: str) -> None:
+        process = self.processes.pop(name)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+
+    def stop(self) -> None:
+        for name in list(self.processes):
+            self.kill(name)
+
+
+@pytest.fixture(scope="module")
+def tree_and_records(tmp_path_factory):
+    root = tmp_path_factory.mktemp("service")
+    tree = make_image_tree(root / "pets", "split", COUNTS, [(24, 32), (30, 30)])
+    convert(tree.root, root / "records", num_shards=9)  # 3 images per shard: several splits
+    return tree, root / "records"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    cluster = Cluster()
+    cluster.start_worker("worker-1")
+    cluster.start_worker("worker-2")
+    yield cluster
+    cluster.stop()
+
+
+def _config(records: Path, address: str, **kwargs) -> training.TrainConfig:
+    return training.TrainConfig(
+        records=str(records), data_service=address, batch_size=4, image_size=24, augment_on=training.AugmentOn.HOST,
+        **kwargs,
+    )
+
+
+def _sources(tree, images: np.ndarray) -> Counter:
+    """The source image of each output image, by its flat colour (augmentation keeps it)."""
+    by_colour = tree.by_colour()
+    found = Counter()
+    for image in images:
+        colour = nearest_palette_colour(image * 255.0)
+        assert np.abs(np.median(image.reshape(-1, 3), 0) * 255.0 - colour).max() <= COLOUR_TOLERANCE + 1
+        found[by_colour[colour].relpath] += 1
+    return found
+
+
+def test_the_distributed_epoch_holds_every_training_example_once(tree_and_records, cluster):
+    tree, records = tree_and_records
+    manifest = schema.read_manifest(str(records))
+    config = _config(records, cluster.address)
+    data = training.training_input(config, manifest, cache=False)
+    for _ in range(2):  # two epochs: a new job each
+        images = np.concatenate([x.numpy() for x, _ in data])
+        assert _sources(tree, images) == Counter(im.relpath for im in tree.split("train"))
+
+
+def test_the_distributed_dataset_warps_with_tensorflow_ops_only(tree_and_records):
+    _, records = tree_and_records
+    manifest = schema.read_manifest(str(records))
+    train_config, _ = training.input_configs(_config(records, "grpc://127.0.0.1:1"), manifest.num_classes)
+    assert train_config.host_warp is augment.HostWarp.TENSORFLOW and not train_config.cache
+    graph = dataset.train_dataset(str(records), train_config)._as_serialized_graph().numpy()
+    assert b"PyFunc" not in graph and b"ImageProjectiveTransform" not in graph
+
+
+def test_train_py_trains_through_the_service(tree_and_records, cluster, tmp_path):
+    _, records = tree_and_records
+    model_dir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), f"--records={records}", f"--model_dir={model_dir}",
+         f"--data_service={cluster.address}", "--batch_size=4", "--image_size=24", "--epochs=2"],
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"tf.data service at {cluster.address}" in result.stderr
+    history = json.loads((model_dir / "history.json").read_text())
+    assert [entry["epoch"] for entry in history] == [0, 1]
+    assert all(0.0 <= entry["val_accuracy"] <= 1.0 for entry in history)  # validation ran locally
+
+
+def test_a_worker_killed_mid_epoch_and_restarted_lets_the_epoch_finish(tree_and_records, tmp_path):
+    """The supervisor's restart at the same address is what lets the job go on.
+
+    The shards the dead worker had taken (up to the interleave's cycle length)
+    are missed in that epoch: each example is seen at most once. The next
+    epoch is whole again.
+    """
+    tree, records = tree_and_records
+    own = Cluster()
+    try:
+        own.start_worker("a")
+        own.start_worker("b")
+        manifest = schema.read_manifest(str(records))
+        data = training.training_input(_config(records, own.address), manifest, cache=False)
+        images = []
+        for step, (x, _) in enumerate(data):
+            images.append(x.numpy())
+            if step == 1:
+                own.kill("a")
+                own.start_worker("a", own.worker_ports["a"])
+        seen = _sources(tree, np.concatenate(images))
+        expected = Counter(im.relpath for im in tree.split("train"))
+        assert max(seen.values()) == 1 and set(seen) <= set(expected)  # at most once, and it ended
+        next_epoch = _sources(tree, np.concatenate([x.numpy() for x, _ in data]))
+        assert next_epoch == expected
+    finally:
+        own.stop()
+
+
+def test_address_parsing():
+    assert service.Address.parse("grpc://10.0.0.5:5050") == service.Address("10.0.0.5", 5050)
+    assert service.Address.parse("dispatcher:5050").target == "grpc://dispatcher:5050"
+    for bad in ("grpc://host", "host:port", ":5050", "host:70000"):
+        with pytest.raises(ValueError, match="--data_service"):
+            service.Address.parse(bad)

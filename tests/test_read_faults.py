@@ -1,0 +1,464 @@
+"""Damaged records folders: every read fails with a clear error, never a short epoch.
+
+Shards cut short (at a record boundary, inside a record's header, inside its
+data), a manifest count lowered by one, a label outside the classes and a
+damaged manifest.json, each read through `dataset.read_records`,
+`train_dataset` and `eval_dataset`; then a seeded fuzz test of byte flips.
+The helpers that damage a folder are shared with test_verify.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+
+import pytest
+import tensorflow as tf
+
+from conftest import REPO_ROOT, convert, make_image_tree
+from pipeline import dataset
+from pipeline import schema
+from pipeline import verify
+
+COUNTS = {"train": {"cats": 6, "dogs": 6}, "validation": {"cats": 3, "dogs": 3}}
+NUM_SHARDS = 3  # train: 3 shards of 4 records; validation: 3 of 2
+CONFIG = dataset.InputConfig(image_size=(8, 8), batch_size=3, class_mode="sparse")
+READERS = {
+    "read_records": lambda records, split: dataset.read_records(str(records), split)[0],
+    "train_dataset": lambda records, split: dataset.train_dataset(str(records), CONFIG, split),
+    "eval_dataset": lambda records, split: dataset.eval_dataset(str(records), split, CONFIG),
+}
+QUIET = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}  # child processes without TensorFlow's log
+FUZZ_SEED = 20261128
+FUZZ_CASES = 40
+
+
+def make_records(root: Path, **kwargs) -> Path:
+    """A sound records folder of tiny images (16x16 and 20x24) under `root`."""
+    tree = make_image_tree(root / "pets", "split", COUNTS, [(16, 16), (20, 24)])
+    convert(tree.root, root / "records", num_shards=NUM_SHARDS, **kwargs)
+    return root / "records"
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory) -> Path:
+    """A sound records folder: copy it before damaging it."""
+    return make_records(tmp_path_factory.mktemp("read_faults"))
+
+
+# --------------------------------------------------------------------------
+# Damaging a folder (also used by test_verify.py).
+
+
+def copy_records(records: Path, dst: Path) -> Path:
+    shutil.copytree(records, dst)
+    return dst
+
+
+def shard_file(records: Path, split: str, k: int) -> Path:
+    return Path(records) / schema.read_manifest(str(records)).splits[split].shards[k].filename
+
+
+def record_starts(path: Path) -> list[int]:
+    """Byte offsets of each record of a TFRecord file, and of its end."""
+    data = Path(path).read_bytes()
+    starts = [0]
+    while starts[-1] < len(data):
+        (length,) = struct.unpack("<Q", data[starts[-1] : starts[-1] + 8])
+        starts.append(starts[-1] + 8 + 4 + length + 4)  # length, its CRC, data, its CRC
+    return starts
+
+
+def cut_shard(path: Path, size: int) -> None:
+    """Truncates a file to `size` bytes."""
+    with open(path, "r+b") as f:
+        f.truncate(size)
+
+
+def set_bytes(path: Path, offsets, values) -> None:
+    """Overwrites the bytes at `offsets` with `values`."""
+    data = bytearray(Path(path).read_bytes())
+    for offset, value in zip(offsets, values):
+        data[offset] = value
+    Path(path).write_bytes(bytes(data))
+
+
+def edit_manifest(records: Path, edit) -> None:
+    """Applies `edit` to the manifest's JSON dict and writes it back."""
+    path = Path(records) / schema.MANIFEST_FILENAME
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data, indent=2))
+
+
+def lower_count(records: Path, split: str, k: int) -> None:
+    """The manifest says shard k holds one record fewer, its totals agreeing."""
+
+    def edit(data):
+        info = data["splits"][split]
+        info["shards"][k]["num_examples"] -= 1
+        info["num_examples"] -= 1
+        info["class_counts"][max(info["class_counts"], key=info["class_counts"].get)] -= 1
+
+    edit_manifest(records, edit)
+
+
+def rewrite_record(records: Path, split: str, k: int, index: int, serialized: bytes) -> None:
+    """Replaces record `index` of shard k; the manifest's byte sizes follow."""
+    path = shard_file(records, split, k)
+    old = [record.numpy() for record in tf.data.TFRecordDataset(str(path))]
+    old[index] = serialized
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for record in old:
+            writer.write(record)
+    size = path.stat().st_size
+
+    def edit(data):
+        info = data["splits"][split]
+        info["num_bytes"] += size - info["shards"][k]["num_bytes"]
+        info["shards"][k]["num_bytes"] = size
+
+    edit_manifest(records, edit)
+
+
+def read_features(records: Path, split: str, k: int, index: int) -> dict:
+    """The feature values of record `index` of shard k."""
+    serialized = list(tf.data.TFRecordDataset(str(shard_file(records, split, k))).skip(index).take(1))[0]
+    return {key: value.numpy() for key, value in schema.parse_example(serialized).items()}
+
+
+def record_with(records: Path, split: str, k: int, index: int, **values) -> bytes:
+    """Record `index` of shard k re-serialized with some features replaced."""
+    return schema.serialize_example({**read_features(records, split, k, index), **values})
+
+
+# --------------------------------------------------------------------------
+# Shards with the wrong number of records.
+
+
+def _short_at_boundary(records: Path) -> tuple[str, str]:
+    path = shard_file(records, "train", 1)
+    cut_shard(path, record_starts(path)[-2])  # the last record, gone whole
+    return path.name, "holds 3 records, but manifest.json says 4"
+
+
+def _short_in_header(records: Path) -> tuple[str, str]:
+    # TFRecordDataset ends quietly inside a length field: only the count shows it.
+    path = shard_file(records, "train", 1)
+    cut_shard(path, record_starts(path)[-2] + 5)
+    return path.name, "holds 3 records, but manifest.json says 4"
+
+
+def _count_lowered(records: Path) -> tuple[str, str]:
+    lower_count(records, "train", 2)
+    return shard_file(records, "train", 2).name, "holds at least 4 records, but manifest.json says 3"
+
+
+COUNT_FAULTS = {
+    "truncated at a record boundary": _short_at_boundary,
+    "truncated inside a length field": _short_in_header,
+    "manifest count lowered by one": _count_lowered,
+}
+
+
+@pytest.mark.parametrize("max_block", [64, 3], ids=["one block", "blocks of 3"])
+@pytest.mark.parametrize("reader", sorted(READERS))
+@pytest.mark.parametrize("fault", sorted(COUNT_FAULTS))
+def test_a_wrong_record_count_fails_naming_the_shard(records, tmp_path, monkeypatch, fault, reader, max_block):
+    monkeypatch.setattr(dataset, "_MAX_BLOCK_RECORDS", max_block)
+    damaged = copy_records(records, tmp_path / "records")
+    shard, counts = COUNT_FAULTS[fault](damaged)
+    ds = READERS[reader](damaged, "train")
+    with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+        for _ in ds:
+            pass
+    assert str(damaged / shard) in raised.value.message
+    assert verify.error_text(raised.value) == f"{damaged / shard}: the shard {counts}"
+
+
+def test_the_count_is_checked_at_every_block_boundary(records, tmp_path, monkeypatch):
+    """Blocks of 2 in shards of 4: a shard cut to 2 ends exactly at a block."""
+    monkeypatch.setattr(dataset, "_MAX_BLOCK_RECORDS", 2)
+    damaged = copy_records(records, tmp_path / "records")
+    path = shard_file(damaged, "train", 0)
+    cut_shard(path, record_starts(path)[2])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="holds 2 records, but manifest.json says 4"):
+        list(dataset.read_records(str(damaged), "train")[0])
+
+
+@pytest.mark.parametrize("max_block", [64, 3, 1])
+def test_sound_shards_read_whole_in_any_block_size(records, monkeypatch, max_block):
+    monkeypatch.setattr(dataset, "_MAX_BLOCK_RECORDS", max_block)
+    expected = sorted(
+        record.numpy()
+        for split_path in schema.read_manifest(str(records)).shard_paths(str(records), "train")
+        for record in tf.data.TFRecordDataset(split_path)
+    )
+    assert sorted(record.numpy() for record in dataset.read_records(str(records), "train")[0]) == expected
+
+
+def test_the_count_check_and_label_check_work_eagerly():
+    shard = (tf.constant("x.tfrecord"), tf.constant(6, tf.int64))
+    records = tf.constant(["a", "b"])
+    # Block 2 of 2 records: records 4 and 5 of a shard of 6, or 2 too many for a shard of 4.
+    assert dataset.check_block(records, tf.constant(2, tf.int64), shard, 2).numpy().tolist() == [b"a", b"b"]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="x.tfrecord: the shard holds at least 6 records"):
+        dataset.check_block(records, tf.constant(2, tf.int64), (shard[0], tf.constant(4, tf.int64)), 2)
+    label = tf.constant(1, tf.int64)
+    assert dataset.check_label(label, 2, shard[0], tf.constant(0, tf.int64)).numpy() == 1
+    with pytest.raises(tf.errors.InvalidArgumentError, match="x.tfrecord: record 3: label 1 is not"):
+        dataset.check_label(label, 1, shard[0], tf.constant(3, tf.int64))
+
+
+# --------------------------------------------------------------------------
+# Damaged records.
+
+
+@pytest.mark.parametrize("reader", sorted(READERS))
+def test_a_record_cut_inside_its_data_is_data_loss_that_find_damage_places(records, tmp_path, reader):
+    """TensorFlow's DataLossError names no file (TF 2.21): find_damage does."""
+    damaged = copy_records(records, tmp_path / "records")
+    path = shard_file(damaged, "train", 0)
+    third = record_starts(path)[2]
+    cut_shard(path, third + 30)
+    with pytest.raises(tf.errors.DataLossError) as raised:
+        list(READERS[reader](damaged, "train"))
+    assert path.name not in raised.value.message  # what find_damage is for
+    assert verify.error_text(raised.value) == f"truncated record at {third}: Read less bytes than requested"
+    damage = verify.find_damage(str(damaged))
+    assert [(p.file, p.index) for p in damage.problems if p.index is not None] == [(path.name, 2)]
+    assert "truncated record" in damage.problems[-1].reason
+
+
+@pytest.mark.parametrize("label", [7, 2, -1])
+@pytest.mark.parametrize("reader", ["train_dataset", "eval_dataset"])
+def test_a_label_outside_the_classes_fails_naming_it(records, tmp_path, reader, label):
+    damaged = copy_records(records, tmp_path / "records")
+    rewrite_record(damaged, "train", 2, 1, record_with(damaged, "train", 2, 1, label=label))
+    with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+        list(READERS[reader](damaged, "train"))
+    shard = shard_file(damaged, "train", 2)
+    expected = f"{shard}: record 1: label {label} is not a class index: the manifest has 2 classes"
+    assert expected in raised.value.message
+    assert verify.error_text(raised.value) == expected
+
+
+# --------------------------------------------------------------------------
+# The same faults through verify.py, all in one folder.
+
+
+def test_verify_script_names_every_bad_shard_and_record(records, tmp_path):
+    damaged = copy_records(records, tmp_path / "records")
+    train = [shard_file(damaged, "train", k) for k in range(3)]
+    validation = [shard_file(damaged, "validation", k) for k in range(3)]
+    cut_shard(train[0], record_starts(train[0])[-2])
+    cut_shard(train[1], record_starts(train[1])[-2] + 5)
+    rewrite_record(damaged, "train", 2, 1, record_with(damaged, "train", 2, 1, label=7))
+    cut_shard(validation[0], record_starts(validation[0])[1] + 30)
+    lower_count(damaged, "validation", 1)
+    set_bytes(validation[2], [40], [0x20 ^ validation[2].read_bytes()[40]])
+    result = run_verify(f"--records={damaged}")
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"{damaged}: ") and lines[0].endswith("problems")
+    expected = [
+        (train[0], 3, "missing"),
+        (train[1], 3, "cut short"),
+        (train[2], 1, "label 7 is not a class index"),
+        (validation[0], 1, "unreadable: truncated record"),
+        (validation[1], 1, "extra: the manifest says 1 records, the shard holds 2"),
+        (validation[2], 0, "unreadable: corrupted record"),
+    ]
+    for path, index, reason in expected:
+        assert any(f"{path.name}: record {index}: {reason}" in line for line in lines), (path.name, lines)
+    assert result.stderr.strip().splitlines()[-1] == f"verify.py: error: {len(lines) - 1} problems in {damaged}"
+
+
+def run_verify(*args: str) -> subprocess.CompletedProcess:
+    """verify.py with `args`, in a child process."""
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "verify.py"), *args],
+        capture_output=True, text=True, timeout=300, cwd=REPO_ROOT, env=QUIET,
+    )
+
+
+# --------------------------------------------------------------------------
+# A damaged manifest: one ValueError naming the file, whatever the damage.
+
+
+def _shard0(data):
+    return data["splits"]["train"]["shards"][0]
+
+
+MANIFEST_DAMAGE = {
+    "not JSON": ("text", '{"splits": ', "not valid JSON"),
+    "not UTF-8": ("bytes", b'{"a": "\xff"}', "not UTF-8"),
+    "a list": ("text", "[]", "the manifest must be an object"),
+    "no splits": (lambda d: d.pop("splits"), "has no 'splits'"),
+    "no class names": (lambda d: d.pop("class_names"), "has no 'class_names'"),
+    "no source": (lambda d: d.pop("source"), "has no 'source'"),
+    "shard without a count": (lambda d: _shard0(d).pop("num_examples"), "shards[0] has no 'num_examples'"),
+    "count as a string": (lambda d: _shard0(d).update(num_examples="4"), "num_examples must be a whole number"),
+    "count as true": (lambda d: _shard0(d).update(num_examples=True), "num_examples must be a whole number"),
+    "count as a fraction": (lambda d: _shard0(d).update(num_examples=4.5), "num_examples must be a whole number"),
+    "negative count": (lambda d: _shard0(d).update(num_examples=-1), "num_examples must be a whole number"),
+    "negative bytes": (lambda d: _shard0(d).update(num_bytes=-5), "num_bytes must be a whole number"),
+    "parent folder": (lambda d: _shard0(d).update(filename=".."), "must be a file name in the records folder"),
+    "path outside": (lambda d: _shard0(d).update(filename="../x"), "must be a file name in the records folder"),
+    "absolute path": (lambda d: _shard0(d).update(filename="/etc/passwd"), "must be a file name in the records"),
+    "backslash": (lambda d: _shard0(d).update(filename="..\\x"), "must be a file name in the records folder"),
+    "filename a number": (lambda d: _shard0(d).update(filename=3), "filename must be a string"),
+    "shards not a list": (lambda d: d["splits"]["train"].update(shards={}), "shards must be a list"),
+    "no shards": (lambda d: d["splits"]["train"].update(shards=[]), "shards must be a non-empty list"),
+    "shard listed twice": (
+        lambda d: d["splits"]["validation"]["shards"][0].update(filename=_shard0(d)["filename"]), "listed twice"),
+    "split total off": (lambda d: d["splits"]["train"].update(num_examples=11), "shards add up to 12"),
+    "class counts off": (
+        lambda d: d["splits"]["train"]["class_counts"].update(cats=5), "class_counts add up to 11"),
+    "unknown class": (
+        lambda d: d["splits"]["train"]["class_counts"].update(cows=0), "'cows', which is not in class_names"),
+    "no classes": (lambda d: d.update(class_names=[]), "non-empty list of distinct class names"),
+    "a class twice": (lambda d: d.update(class_names=["cats", "cats"]), "distinct class names"),
+    "bad stored size": (lambda d: d.update(stored_size=[0, 5]), "stored_size must be null or [height, width]"),
+    "newer schema": (lambda d: d.update(schema_version=3), "schema version 3"),
+    "schema as a string": (lambda d: d.update(schema_version="2"), "schema version 2"),
+}
+
+
+def _damage_manifest(records: Path, damage) -> None:
+    if damage[0] == "text":
+        (records / schema.MANIFEST_FILENAME).write_text(damage[1])
+    elif damage[0] == "bytes":
+        (records / schema.MANIFEST_FILENAME).write_bytes(damage[1])
+    else:
+        edit_manifest(records, damage[0])
+
+
+@pytest.mark.parametrize("damage", sorted(MANIFEST_DAMAGE))
+def test_a_damaged_manifest_is_one_value_error_naming_it(records, tmp_path, damage):
+    damaged = copy_records(records, tmp_path / "records")
+    _damage_manifest(damaged, MANIFEST_DAMAGE[damage])
+    manifest_path = str(damaged / schema.MANIFEST_FILENAME)
+    for read in (lambda: schema.read_manifest(str(damaged)), lambda: READERS["eval_dataset"](damaged, "train")):
+        with pytest.raises(ValueError) as raised:
+            read()
+        message = str(raised.value)
+        assert message.startswith(f"{manifest_path}: ") and "\n" not in message
+        assert MANIFEST_DAMAGE[damage][-1] in message
+    problems = verify.verify_records(str(damaged)).problems
+    assert [problem.file for problem in problems] == [schema.MANIFEST_FILENAME]
+
+
+# --------------------------------------------------------------------------
+# Fuzz: random bytes changed in shards and in the manifest.
+
+
+def test_fuzzed_folders_fail_clearly_or_read_whole(records, tmp_path):
+    """Each case changes 1-3 random bytes of a shard or of manifest.json. Reading
+    must raise a clear error or give exactly the manifest's examples; verify
+    must name a flipped shard and the record. All cases run in one child
+    process, so that a crash or a hang fails the test instead of the run."""
+    manifest = schema.read_manifest(str(records))
+    sizes = {split: info.num_examples for split, info in manifest.splits.items()}
+    child = subprocess.run(
+        [sys.executable, __file__, str(records), str(tmp_path), str(FUZZ_SEED), str(FUZZ_CASES)],
+        capture_output=True, text=True, timeout=240, cwd=REPO_ROOT, env=QUIET,
+    )
+    cases = [json.loads(line) for line in child.stdout.splitlines() if line.startswith("{")]
+    assert child.returncode == 0, (child.returncode, cases[-1:], child.stderr[-3000:])
+    assert len(cases) == FUZZ_CASES
+    for case in cases:
+        assert "crash" not in case, case
+        reads = case["reads"].values()
+        for split, read in case["reads"].items():
+            if read["kind"] == "ok":  # all the examples, no more
+                assert read["count"] == sizes[split] and read["labels_ok"], case
+            elif read["type"] == "DataLossError":
+                assert case["target"] != schema.MANIFEST_FILENAME, case
+                assert _names_the_record(read["damage"], case), case
+            else:
+                assert _names_the_file(read, case), case
+        if case["target"] != schema.MANIFEST_FILENAME:  # a CRC covers every byte of a shard
+            assert _names_the_record(case["verify"], case), case
+        # Verify finds what made a read fail, but a renamed split: that manifest is sound.
+        elif any(read["kind"] == "error" and not read["message"].startswith("split ") for read in reads):
+            assert case["verify"], case
+    assert {case["target"] == schema.MANIFEST_FILENAME for case in cases} == {True, False}
+
+
+_NAME_BYTES = b"0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def _names_the_file(read: dict, case: dict) -> bool:
+    """A clear error: the damaged manifest's path first, or a shard file and what is wrong
+    with it, or (a split renamed in the manifest) the split and the folder."""
+    folder, message = re.escape(case["dir"]), read["message"]
+    if read["type"] == "ValueError":
+        return bool(re.match(rf"({folder}/manifest\.json: |split '\w+' is not in {folder} )", message))
+    shard_error = {"InvalidArgumentError": ": the shard holds ", "NotFoundError": "; No such file or directory"}
+    what = shard_error.get(read["type"])
+    return what is not None and bool(re.search(rf"{folder}/[^/\s]+{what}", message))
+
+
+def _names_the_record(problems: list[str], case: dict) -> bool:
+    """A problem line names the changed shard and the record of its first changed byte."""
+    return any(line.startswith(f"{case['target']}: record {case['record']}: ") for line in problems)
+
+
+def _fuzz_case(records: Path, work: Path, rng: random.Random, number: int) -> dict:
+    """One case: a copy of `records` with 1-3 bytes of one file changed, read and verified."""
+    case_dir = copy_records(records, work / f"case{number:02d}")
+    manifest = schema.read_manifest(str(case_dir))
+    split_of = {shard.filename: name for name, split in manifest.splits.items() for shard in split.shards}
+    target = rng.choice([schema.MANIFEST_FILENAME] * len(split_of) + list(split_of))
+    data = (case_dir / target).read_bytes()
+    # In the manifest, letters and digits become others: most such manifests
+    # still parse, and the damage reaches names and counts. Shards: any byte.
+    alphabet = _NAME_BYTES if target == schema.MANIFEST_FILENAME else range(256)
+    offsets = rng.sample([i for i, byte in enumerate(data) if byte in alphabet], rng.randint(1, 3))
+    values = [rng.choice([b for b in alphabet if b != data[offset]]) for offset in offsets]
+    set_bytes(case_dir / target, offsets, values)
+    case = {"number": number, "dir": str(case_dir), "target": target, "offsets": offsets, "reads": {}}
+    if target != schema.MANIFEST_FILENAME:
+        starts = record_starts(records / target)
+        case["record"] = max(i for i, start in enumerate(starts) if start <= min(offsets))
+    # A flipped shard leaves the other splits as they were.
+    for split in [split_of[target]] if target in split_of else manifest.splits:
+        case["reads"][split] = _fuzz_read(case_dir, split)
+    case["verify"] = [problem.format() for problem in verify.verify_records(str(case_dir)).problems]
+    return case
+
+
+def _fuzz_read(records: Path, split: str) -> dict:
+    """An evaluation pass over a split: its count and labels, or the error."""
+    try:
+        labels = [int(label) for _, batch in READERS["eval_dataset"](records, split) for label in batch]
+    except (ValueError, tf.errors.OpError) as e:
+        read = {"kind": "error", "type": type(e).__name__, "message": str(e)}
+        if isinstance(e, tf.errors.DataLossError):
+            read["damage"] = [problem.format() for problem in verify.find_damage(str(records)).problems]
+        return read
+    return {"kind": "ok", "count": len(labels), "labels_ok": all(0 <= label < 2 for label in labels)}
+
+
+def _fuzz_main(records: str, work: str, seed: str, count: str) -> None:
+    """The child process: one JSON line per case."""
+    rng = random.Random(int(seed))
+    for number in range(int(count)):
+        try:
+            case = _fuzz_case(Path(records), Path(work), rng, number)
+        except Exception:  # noqa: BLE001 - reported to the parent, which fails
+            case = {"number": number, "crash": traceback.format_exc()}
+        print(json.dumps(case), flush=True)
+
+
+if __name__ == "__main__":
+    _fuzz_main(*sys.argv[1:])

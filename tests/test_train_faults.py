@@ -1,0 +1,232 @@
+"""train.py under faults: kills at any moment, mixed-up reruns, bad flags, memory.
+
+The kills are SIGKILLs of train.py subprocesses by PID, including one inside
+the per-epoch backup write; afterwards the model_dir must resume from the last
+complete epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from model import training
+from pipeline import sample_data, schema, writer
+
+REPO = Path(__file__).resolve().parents[1]
+# TensorFlow's C++ start-up lines, printed before any of ours.
+_TF_NOISE = ("WARNING: All log messages", "I0000", "W0000", "E0000", "To enable the following")
+_LOG_LINE = re.compile(r"^[IWEF]\d{4} ")  # absl: I1128 08:13:21.551098 ...
+COMMON = ["--batch_size=6", "--image_size=32", "--nocache", "--verbose=2"]
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("train_faults")
+    sample_data.write_sample(str(root / "src"), {"train": 6, "validation": 3}, seed=1)
+    writer.convert_folder(str(root / "src"), str(root / "records"), workers=1, show_progress=False)
+    return root / "records"
+
+
+def _env() -> dict:
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
+
+
+def run_train(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600,
+    )
+
+
+def our_stderr_lines(stderr: str) -> list[str]:
+    """stderr without TensorFlow's start-up noise and absl's log lines."""
+    return [
+        line for line in stderr.splitlines()
+        if line.strip() and not line.startswith(_TF_NOISE) and not _LOG_LINE.match(line)
+    ]
+
+
+def _start_and_kill_at(args: list[str], marker: str, driver: Path | None = None) -> str:
+    """Starts train.py (or a driver around it), SIGKILLs it by PID once `marker` is printed.
+
+    Returns:
+      Everything the process printed up to the kill.
+    """
+    program = str(driver or REPO / "train.py")
+    process = subprocess.Popen(
+        [sys.executable, "-u", program, *args], cwd=REPO, env=_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    seen = []
+    try:
+        for line in process.stdout:
+            seen.append(line)
+            if marker in line:
+                os.kill(process.pid, signal.SIGKILL)
+                break
+        process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == -signal.SIGKILL, "".join(seen)[-3000:]
+    return "".join(seen)
+
+
+def _history_epochs(model_dir: Path) -> list[int]:
+    return [entry["epoch"] for entry in json.loads((model_dir / "history.json").read_text())]
+
+
+# A driver that runs train.py's main, but whose second backup write stops half-way
+# through its weights file, as a kill in the middle of the write would leave it.
+_DRIVER = textwrap.dedent(
+    """
+    import sys, time
+    import keras
+    import train
+    from pipeline import cli
+
+    calls = []
+    real_save_weights = keras.Model.save_weights
+
+    def save_weights(self, filepath, *args, **kwargs):
+        calls.append(filepath)
+        if len(calls) < 2:
+            return real_save_weights(self, filepath, *args, **kwargs)
+        with open(filepath, "wb") as f:
+            f.write(b"\\x89HDF\\r\\n\\x1a\\n" + b"\\0" * 100)  # the first bytes of an HDF5 file
+        print("INSIDE_BACKUP_WRITE", flush=True)
+        time.sleep(600)
+
+    keras.Model.save_weights = save_weights
+    cli.run(train.main, "train.py")
+    """
+)
+
+
+def test_kill_inside_the_backup_write_resumes_from_the_last_complete_epoch(records, tmp_path):
+    model_dir = tmp_path / "run"
+    driver = tmp_path / "driver.py"
+    driver.write_text(_DRIVER)
+    args = [f"--records={records}", f"--model_dir={model_dir}", *COMMON]
+    _start_and_kill_at([*args, "--epochs=3"], "INSIDE_BACKUP_WRITE", driver)
+    state = json.loads((model_dir / "backup" / "state.json").read_text())
+    assert state["epoch"] == 1  # the half-written epoch 2 was never committed
+
+    resumed = run_train(*args, "--epochs=3")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    output = resumed.stdout + resumed.stderr
+    assert "Epoch 1/3" not in output and "Epoch 2/3" in output
+    assert _history_epochs(model_dir) == [0, 1, 2]
+    assert sorted(p.name for p in (model_dir / "backup").iterdir()) == ["epoch_0003.weights.h5", "state.json"]
+    assert sorted(p.name for p in (model_dir / "checkpoints").iterdir()) == [
+        "epoch_001.keras", "epoch_002.keras", "epoch_003.keras",
+    ]
+
+
+def test_kill_during_an_epoch_and_after_training_resumes(records, tmp_path):
+    model_dir = tmp_path / "run"
+    args = [f"--records={records}", f"--model_dir={model_dir}", *COMMON, "--epochs=2"]
+    _start_and_kill_at(args, "Epoch 2/2")
+    assert _history_epochs(model_dir) == [0]
+
+    # Killed after the last epoch's backup, around the model and results saves.
+    _start_and_kill_at(args, "the state after epoch 2 is saved")
+    finished = run_train(*args)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert "Epoch 2/2" not in finished.stdout + finished.stderr
+    assert (model_dir / "model.keras").is_file() and (model_dir / "results.json").is_file()
+    assert _history_epochs(model_dir) == [0, 1]
+    assert not list(model_dir.rglob(".*partial*"))
+
+
+def test_a_finished_run_says_so_and_trains_nothing(records, tmp_path):
+    model_dir = tmp_path / "run"
+    args = [f"--records={records}", f"--model_dir={model_dir}", *COMMON, "--epochs=1"]
+    assert run_train(*args).returncode == 0
+    results = (model_dir / "results.json").read_bytes()
+    again = run_train(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "already holds a finished run of 1 epochs" in again.stdout
+    assert "Epoch" not in again.stdout + again.stderr
+    assert (model_dir / "results.json").read_bytes() == results
+
+
+def test_a_resume_with_other_settings_or_records_is_refused(records, tmp_path):
+    model_dir = tmp_path / "run"
+    args = [f"--records={records}", f"--model_dir={model_dir}", *COMMON, "--epochs=1"]
+    assert run_train(*args).returncode == 0
+    history = (model_dir / "history.json").read_bytes()
+
+    other_batch = run_train(*args, "--batch_size=4", "--epochs=2")
+    assert other_batch.returncode == 1
+    assert our_stderr_lines(other_batch.stderr)[-1].startswith("train.py: error: --model_dir")
+    assert "batch_size: 6 -> 4" in other_batch.stderr
+
+    other_records = tmp_path / "other_records"
+    sample_data.write_sample(str(tmp_path / "other_src"), {"train": 5, "validation": 2}, seed=9)
+    writer.convert_folder(str(tmp_path / "other_src"), str(other_records), workers=1, show_progress=False)
+    mixed = run_train(f"--records={other_records}", f"--model_dir={model_dir}", *COMMON, "--epochs=2")
+    assert mixed.returncode == 1
+    assert "records:" in mixed.stderr and "delete" in mixed.stderr
+    assert (model_dir / "history.json").read_bytes() == history  # nothing trained
+
+
+BAD_FLAGS = {  # flag -> words its error line must hold
+    "--epochs=0": "--epochs=0",
+    "--steps_per_epoch=-1": "--steps_per_epoch=-1",
+    "--validation_steps=-1": "--validation_steps=-1",
+    "--image_size=0": "--image_size=0",
+    "--learning_rate=-0.1": "--learning_rate",
+    "--data_service=localhost": "--data_service must be grpc://HOST:PORT",
+}
+
+
+def test_bad_flags_are_one_line_and_exit_1(records, tmp_path):
+    # Started together: each spends its seconds importing TensorFlow.
+    processes = {
+        flag: subprocess.Popen(
+            [sys.executable, str(REPO / "train.py"), f"--records={records}", f"--model_dir={tmp_path / 'm'}", flag],
+            cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for flag in BAD_FLAGS
+    }
+    for flag, process in processes.items():
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 1, (flag, stderr[-2000:])
+        lines = our_stderr_lines(stderr)
+        assert len(lines) == 1 and lines[0].startswith("train.py: error: ") and BAD_FLAGS[flag] in lines[0], stderr
+        assert "Traceback" not in stderr
+    assert not (tmp_path / "m").exists()
+
+
+def test_train_config_refuses_what_the_flags_refuse():
+    for field, bound in training.LOWER_BOUNDS.items():
+        with pytest.raises(ValueError, match=f"--{field} must be at least {bound}"):
+            training.TrainConfig(records="r", **{field: bound - 1})
+    with pytest.raises(ValueError, match="learning_rate"):
+        training.TrainConfig(records="r", learning_rate=0.0)
+
+
+def test_the_cache_is_used_only_when_it_fits(records):
+    manifest = schema.read_manifest(str(records))
+    config = training.TrainConfig(records=str(records), image_size=100)
+    images = manifest.splits["train"].num_examples + manifest.splits["validation"].num_examples
+    need = images * 100 * 100 * 3
+    fits, reason = training.decide_cache(config, manifest, int(need / training.CACHE_MEMORY_SHARE) + 1)
+    assert fits and reason.startswith(f"on: {images} decoded images")
+    fits, reason = training.decide_cache(config, manifest, available_bytes=need)
+    assert not fits and "streaming from the records" in reason
+    no_cache = training.TrainConfig(records=str(records), image_size=100, cache=False)
+    assert training.decide_cache(no_cache, manifest, available_bytes=10**15) == (
+        False, "off (--nocache): every epoch decodes the records"
+    )
