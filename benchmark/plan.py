@@ -34,6 +34,7 @@ from model import training
 from pipeline import augment
 from pipeline import dataset
 from pipeline import schema
+from pipeline import service
 from pipeline import writer
 
 STREAMING_EPOCHS = 10
@@ -47,6 +48,7 @@ class Group(enum.Enum):
     PIPELINE = "pipeline"
     RESIZED = "pipeline, pre-resized records"
     CEILING = "decode ceiling"
+    SERVICE = "tf.data service (local workers)"
     TRAINING = "training (CNN)"
 
 
@@ -215,6 +217,40 @@ class _Run:
         for spec in ceilings:
             self.add(cold_rows[spec])
 
+    def tensorflow_warp_rows(self) -> None:
+        """The augmentation in TensorFlow ops only, the one tf.data service workers can run."""
+        split, original = self.data.split, self.original
+        tf_ops = dataclasses.replace(self.augmented, host_warp=augment.HostWarp.TENSORFLOW)
+        self.steady(Spec("pipeline_aug_tfops", "pipeline, steady, TF-ops aug, no cache", Group.PIPELINE,
+                         "idg_augment"),
+                    lambda: dataset.train_dataset(original, tf_ops, split))
+        self.steady(Spec("pipeline_aug_tfops_cached", "pipeline, steady, TF-ops aug, cache", Group.PIPELINE,
+                         "idg_augment"),
+                    lambda: dataset.train_dataset(original, dataclasses.replace(tf_ops, cache=True), split))
+
+    def service_rows(self) -> None:
+        """train.py's --data_service input through a dispatcher and 1, then 2, workers.
+
+        The servers run in this process on 127.0.0.1 (their pipelines are C++,
+        so they share its cores as separate processes would); the in-process
+        row to hold them against is "pipeline, steady, TF-ops aug, no cache".
+        """
+        split, original = self.data.split, self.original
+        distributed = dataclasses.replace(
+            self.augmented, host_warp=augment.HostWarp.TENSORFLOW, distributed=True)
+        dispatcher = service.start_dispatcher(port=0)
+        address = service.Address("127.0.0.1", int(dispatcher.target.rsplit(":", 1)[1]))
+        workers = []
+        for count, name in ((1, "service_1_worker"), (2, "service_2_workers")):
+            while len(workers) < count:
+                workers.append(service.start_worker(address, port=0, host="127.0.0.1"))
+            self.steady(Spec(name, f"tf.data service, {count} local worker(s), TF-ops aug", Group.SERVICE,
+                             "pipeline_aug_tfops"),
+                        lambda: service.distribute(dataset.train_dataset(original, distributed, split), address))
+        for worker in workers:
+            worker.stop()
+        dispatcher.stop()
+
     def training_rows(self) -> None:
         """The CNN's training speed fed from memory and by the pipeline: train.py's model and inputs."""
         config, data, records = self.config, self.data, self.original
@@ -328,6 +364,8 @@ def run_benchmark(
         original, resized, data = _prepare_records(config, scratch, log)
         run = _Run(config, data, original, resized, log)
         run.throughput_rows()
+        run.tensorflow_warp_rows()
+        run.service_rows()
         run.training_rows()
         log(f"memory while streaming {STREAMING_EPOCHS} uncached epochs ...")
         streaming = timing.streaming_rss_mib(

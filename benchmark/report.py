@@ -18,8 +18,10 @@ RESULTS_FILENAME = "results.json"
 PLOT_FILENAME = "throughput.png"
 CONTENTION_WARNING_SHARE = 0.1  # of the machine's CPU used by others: above it the figures are flagged
 GROUP_COLOURS = {Group.IDG: "#8c8c8c", Group.KERAS: "#4c72b0", Group.PIPELINE: "#55a868",
-                 Group.RESIZED: "#2e7d4f", Group.CEILING: "#dd8452", Group.TRAINING: "#8172b2"}
-BASELINE_NAMES = {"idg_rescale": "IDG rescale", "idg_augment": "IDG + aug", "train_in_memory": "in-memory"}
+                 Group.RESIZED: "#2e7d4f", Group.CEILING: "#dd8452", Group.SERVICE: "#c44e52",
+                 Group.TRAINING: "#8172b2"}
+BASELINE_NAMES = {"idg_rescale": "IDG rescale", "idg_augment": "IDG + aug", "train_in_memory": "in-memory",
+                  "pipeline_aug_tfops": "in-process"}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The issue's targets (#3), as data; `report.evaluate` judges them on a run."""
+"""The issues' targets (#3, #8), as data; `report.evaluate` judges them on a run."""
 
 from __future__ import annotations
 
@@ -55,6 +55,10 @@ TARGETS: tuple[Target, ...] = (
     RatioTarget("training_vs_in_memory", ("train_pipeline_aug_cached",),
                 "training fed by the pipeline (host aug, cache)", ("train_in_memory",), "one batch in memory",
                 threshold=0.95),
+    RatioTarget("tfops_aug_cached_vs_idg_aug", ("pipeline_aug_tfops_cached",), "steady TF-ops-aug cached pipeline",
+                ("idg_augment",), "ImageDataGenerator with augmentation", threshold=10.0),  # issue #8
+    RatioTarget("service_vs_in_process", ("service_1_worker",), "tf.data service, 1 local worker",
+                ("pipeline_aug_tfops",), "the same pipeline in-process", threshold=0.8),  # issue #8
     GrowthTarget("streaming_memory_growth", window=3, threshold_mib=100.0),
     PeakTarget("peak_memory", threshold_mib=2048.0),  # 2 GiB
 )

@@ -16,8 +16,8 @@ import tensorflow as tf
 # What each GPU-only setting cost on this project's 2-core CPU machine, from
 # the runs in BUILD.md ("On a GPU box"); the CPU-only warnings quote them.
 CPU_COSTS = {
-    "mixed_precision": "bfloat16 is emulated: 6.6x slower here (13 vs 86 training images/s)",
-    "jit_compile": "XLA compiled the CNN into slower CPU code here (63 vs 86 training images/s)",
+    "mixed_precision": "bfloat16 is emulated on a CPU: 8.9x slower on a 2-core CPU (6.3 vs 56 training images/s)",
+    "jit_compile": "XLA made slower CPU code for this CNN: 2.3x slower on a 2-core CPU (25 vs 56 training images/s)",
 }
 
 

@@ -27,6 +27,7 @@ if str(REPO_ROOT) not in sys.path:
 
 import tensorflow as tf  # noqa: E402
 
+from pipeline import sample_data  # noqa: E402
 from pipeline import schema  # noqa: E402
 from pipeline import writer  # noqa: E402
 
@@ -223,6 +224,14 @@ def split_records(split_tree, tmp_path_factory):
     out = tmp_path_factory.mktemp("split_records") / "records"
     summary = convert(split_tree.root, out)
     return out, summary
+
+
+def sample_records(root: Path, counts: dict, seed: int) -> Path:
+    """The photo-like sample (`pipeline.sample_data`, `counts` images per class by
+    split) written under `root` and converted; returns the records folder."""
+    sample_data.write_sample(str(root / "src"), counts, seed=seed)
+    convert(root / "src", root / "records")
+    return root / "records"
 
 
 def require_cat_dog_small() -> Path:

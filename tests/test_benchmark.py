@@ -44,6 +44,10 @@ LOADERS = (
     "ceiling",
     "ceiling_autotune",
     "ceiling_nodct",
+    "pipeline_aug_tfops",
+    "pipeline_aug_tfops_cached",
+    "service_1_worker",
+    "service_2_workers",
     "train_in_memory",
     "train_pipeline_aug_cached",
     "train_pipeline_aug",
@@ -58,7 +62,7 @@ TOP_LEVEL_KEYS = [
 ]
 TARGET_NAMES = [
     "aug_cached_vs_idg_aug", "plain_vs_idg_rescale", "cold_vs_ceiling", "training_vs_in_memory",
-    "streaming_memory_growth", "peak_memory",
+    "tfops_aug_cached_vs_idg_aug", "service_vs_in_process", "streaming_memory_growth", "peak_memory",
 ]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

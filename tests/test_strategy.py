@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import sample_data, writer
+from conftest import sample_records
 
 REPO = Path(__file__).resolve().parents[1]
 # The machine's CPU split into two logical devices before TensorFlow starts,
@@ -32,10 +32,7 @@ COMMON = ["--batch_size=10", "--image_size=48", "--epochs=4", "--seed=3", "--ver
 
 @pytest.fixture(scope="module")
 def records(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("strategy")
-    sample_data.write_sample(str(root / "src"), {"train": 30, "validation": 15}, seed=2)
-    writer.convert_folder(str(root / "src"), str(root / "records"), workers=1, show_progress=False)
-    return root / "records"
+    return sample_records(tmp_path_factory.mktemp("strategy"), {"train": 30, "validation": 15}, seed=2)
 
 
 @pytest.fixture(scope="module")

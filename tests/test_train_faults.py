@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import sample_records
 from model import training
-from pipeline import sample_data, schema, writer
+from pipeline import schema
 
 REPO = Path(__file__).resolve().parents[1]
 # TensorFlow's C++ start-up lines, printed before any of ours.
@@ -30,10 +31,7 @@ COMMON = ["--batch_size=6", "--image_size=32", "--nocache", "--verbose=2"]
 
 @pytest.fixture(scope="module")
 def records(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("train_faults")
-    sample_data.write_sample(str(root / "src"), {"train": 6, "validation": 3}, seed=1)
-    writer.convert_folder(str(root / "src"), str(root / "records"), workers=1, show_progress=False)
-    return root / "records"
+    return sample_records(tmp_path_factory.mktemp("train_faults"), {"train": 6, "validation": 3}, seed=1)
 
 
 def _env() -> dict:
@@ -172,9 +170,7 @@ def test_a_resume_with_other_settings_or_records_is_refused(records, tmp_path):
     assert our_stderr_lines(other_batch.stderr)[-1].startswith("train.py: error: --model_dir")
     assert "batch_size: 6 -> 4" in other_batch.stderr
 
-    other_records = tmp_path / "other_records"
-    sample_data.write_sample(str(tmp_path / "other_src"), {"train": 5, "validation": 2}, seed=9)
-    writer.convert_folder(str(tmp_path / "other_src"), str(other_records), workers=1, show_progress=False)
+    other_records = sample_records(tmp_path / "other", {"train": 5, "validation": 2}, seed=9)
     mixed = run_train(f"--records={other_records}", f"--model_dir={model_dir}", *COMMON, "--epochs=2")
     assert mixed.returncode == 1
     assert "records:" in mixed.stderr and "delete" in mixed.stderr
