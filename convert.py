@@ -2,6 +2,8 @@
 
     python convert.py --src cat_dog_small            # writes records/
     python convert.py --src photos --out /data/records --image_size=150 --overwrite
+    python convert.py --src gs://bucket/photos --out gs://bucket/records
+    python convert.py --src photos --out records --resume   # after an interrupted run
 """
 
 from __future__ import annotations
@@ -21,9 +23,13 @@ from pipeline import sources  # noqa: E402
 from pipeline import writer  # noqa: E402
 
 _SRC = flags.DEFINE_string(
-    "src", None, "Image folder: {train,validation,test}/<class>/* or <class>/*."
+    "src", None,
+    "Image folder: {train,validation,test}/<class>/* or <class>/*. A local path or a URL "
+    "(gs://, s3://, hdfs://: any filesystem tf.io.gfile knows).",
 )
-_OUT = flags.DEFINE_string("out", "records", "Records folder to write (not inside --src).")
+_OUT = flags.DEFINE_string(
+    "out", "records", "Records folder to write (not inside --src): a local path or a URL."
+)
 _CLASSES = flags.DEFINE_list(
     "classes", None, "Class folder names in label order. Default: sorted folder names."
 )
@@ -64,6 +70,21 @@ _MAX_FILE_MB = flags.DEFINE_integer(
     "max_file_mb", sources.DEFAULT_MAX_FILE_MB, "Skip files larger than this many MiB.",
     lower_bound=1,
 )
+_RESUME = flags.DEFINE_boolean(
+    "resume", False,
+    "Keep the checked shards of an interrupted conversion into --out started with the same "
+    "flags and files, and convert the rest. Local runner only.",
+)
+_RUNNER = flags.DEFINE_enum(
+    "runner", writer.Runner.LOCAL.value, [runner.value for runner in writer.Runner],
+    "What writes the shards: this machine's decoding processes, or an Apache Beam pipeline "
+    "(needs the beam extra).",
+)
+_BEAM_PIPELINE_OPTIONS = flags.DEFINE_list(
+    "beam_pipeline_options", [],
+    "With --runner=beam: Beam options as key=value, comma separated, as tfds build takes them, "
+    "e.g. runner=DataflowRunner,project=p,region=r. Default: the DirectRunner on --workers processes.",
+)
 _MAX_PIXELS = flags.DEFINE_integer(
     "max_pixels", imaging.DEFAULT_MAX_PIXELS,
     "Skip images of more pixels (width x height, read before decoding).",
@@ -92,6 +113,9 @@ def main(argv: list[str]) -> None:
             max_file_mb=_MAX_FILE_MB.value,
             max_pixels=_MAX_PIXELS.value,
             show_progress=sys.stderr.isatty(),
+            resume=_RESUME.value,
+            runner=_RUNNER.value,
+            beam_options=_BEAM_PIPELINE_OPTIONS.value,
         )
     except (sources.SourceError, writer.ConversionError) as e:
         cli.fail("convert.py", e)

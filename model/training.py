@@ -246,7 +246,7 @@ def training_input(config: TrainConfig, manifest: schema.Manifest, cache: bool) 
     train_config, _ = input_configs(config, manifest.num_classes, cache)
     train_ds = dataset.train_dataset(config.records, train_config)
     if config.data_service:
-        train_ds = service.distribute(train_ds, service.Address.parse(config.data_service))
+        train_ds = dataset.scale_on_trainer(service.distribute(train_ds, service.Address.parse(config.data_service)))
     return train_ds.repeat() if config.steps_per_epoch else train_ds
 
 

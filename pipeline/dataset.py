@@ -56,7 +56,9 @@ class InputConfig:
       host_warp: what warps them: OpenCV (faster, in-process only) or
         TensorFlow ops only (for a dataset that runs on tf.data service).
       distributed: the dataset runs on tf.data service workers, each making
-        part of the epoch, so its length is not asserted.
+        part of the epoch, so its length is not asserted, and its images stay
+        uint8 (a quarter of float32's bytes through gRPC):
+        `scale_on_trainer` makes them float32 after the service.
       cache: keep the decoded, resized uint8 images in memory after the first
         epoch. Training shuffles and augments them anew each epoch.
       shuffle_buffer: training records in the shuffle buffer without the
@@ -321,13 +323,12 @@ def _augment(ds: tf.data.Dataset, config: InputConfig, deterministic: bool) -> t
 def _finish(
     ds: tf.data.Dataset, config: InputConfig, manifest: schema.Manifest, split: str, deterministic: bool
 ) -> tf.data.Dataset:
-    """Scales images to float32 [0, 1], encodes labels, states the length, prefetches."""
+    """Scales images to float32 [0, 1] (on the trainer when distributed), encodes labels,
+    states the length, prefetches."""
     num_classes, class_mode = manifest.num_classes, config.class_mode
+    scale = (lambda images: images) if config.distributed else transforms.scale_image
     ds = ds.map(
-        lambda images, labels: (
-            transforms.scale_image(images),
-            transforms.encode_label(labels, num_classes, class_mode),
-        ),
+        lambda images, labels: (scale(images), transforms.encode_label(labels, num_classes, class_mode)),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=deterministic,
     )
@@ -337,6 +338,19 @@ def _finish(
         # Interleaving hides the length; the manifest knows it (Keras shows it).
         ds = ds.apply(tf.data.experimental.assert_cardinality(num_batches))
     return ds.prefetch(tf.data.AUTOTUNE).with_options(input_options(deterministic, config.autotune))
+
+
+def scale_on_trainer(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """The trainer's end of a `distributed` dataset, after `service.distribute`.
+
+    Args:
+      ds: (images `tf.uint8` [B, H, W, 3], labels) from the service.
+
+    Returns:
+      (images float32 [B, H, W, 3] in [0, 1], the same labels).
+    """
+    ds = ds.map(lambda images, labels: (transforms.scale_image(images), labels), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def train_dataset(records_dir: str, config: InputConfig = InputConfig(), split: str = "train") -> tf.data.Dataset:
@@ -349,8 +363,9 @@ def train_dataset(records_dir: str, config: InputConfig = InputConfig(), split: 
 
     Returns:
       A dataset of (images, labels): images float32 [B, height, width, 3] in
-      [0, 1]; labels as `config.class_mode` (binary: float32 [B];
-      categorical: float32 [B, num_classes]; sparse: int32 [B]).
+      [0, 1] (`tf.uint8` in [0, 255] when `config.distributed`); labels as
+      `config.class_mode` (binary: float32 [B]; categorical: float32
+      [B, num_classes]; sparse: int32 [B]).
     """
     deterministic = config.deterministic if config.deterministic is not None else config.seed is not None
     ds, manifest = _read(records_dir, split, True, config.seed, deterministic, with_position=True)

@@ -1,6 +1,10 @@
 """Decodes and normalizes one source image for storage (converter side).
 
-Runs in converter worker processes, so it uses Pillow only: no TensorFlow.
+Runs in converter worker processes, so it uses Pillow only: no TensorFlow for
+a local file. A file at a URL is read with tf.io.gfile in the worker
+(`storage.read_bytes`); the local pool is forked before the converter touches
+any filesystem through TensorFlow (see `writer.convert_folder`), so each
+worker opens its own connections.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import stat
 from collections.abc import Iterator
 
 from PIL import Image, UnidentifiedImageError
+
+from pipeline import storage
 
 DEFAULT_JPEG_QUALITY = 95
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -46,7 +52,9 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _read_regular_file(path: str) -> bytes:
-    """The bytes of `path`, which must (still) be a regular file."""
+    """The bytes of `path`, which must (still) be a regular file (any file at a URL)."""
+    if storage.is_url(path):  # no FIFOs there
+        return storage.read_bytes(path)
     # The scan lists regular files only; should one become a FIFO since,
     # O_NONBLOCK keeps open() from waiting for a writer, and fstat refuses it.
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
@@ -93,7 +101,7 @@ def load_for_storage(
     image when `stored_size` is set) is converted to RGB and encoded as JPEG.
 
     Args:
-      path: the image file.
+      path: the image file: a local path or a URL.
       stored_size: (height, width) to resize to with Pillow's antialiased
         bilinear filter, or None to keep the original size.
       jpeg_quality: quality of the JPEGs this function encodes.

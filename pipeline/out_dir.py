@@ -1,12 +1,17 @@
 """The records folder a conversion replaces: scratch folders and the final swap.
 
 A conversion writes its new set into a scratch folder inside `out` (so that
-the final renames stay on one filesystem and are atomic), then swaps it in:
-the old manifest goes first, the new one comes last, so a folder with a
-manifest is always whole. A conversion killed before the swap leaves only its
-scratch folder, which the next conversion into the same `out` removes; one
-killed during the swap left a whole set in its scratch folder, which the next
-conversion moves into place first.
+the final renames stay on one filesystem and, on a local disk, are atomic),
+then swaps it in: the old manifest goes first, the new one comes last, so a
+folder with a manifest is always whole. A conversion killed before the swap
+leaves only its scratch folder, which the next conversion into the same `out`
+removes, or resumes (`pipeline.resume`); one killed during the swap leaves
+`out` without a manifest, which readers refuse.
+
+`out` may be a URL (`storage.is_url`): there every rename is
+`tf.io.gfile.rename`, on GCS and S3 a copy and a delete per file, so the swap
+is not atomic, only ordered: the manifest is still removed first and written
+last, and readers take the shards from it, never a half set.
 """
 
 from __future__ import annotations
@@ -14,14 +19,15 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 
 from pipeline import schema
+from pipeline import storage
 
 # What tfds.folder_dataset.write_metadata writes beside the shards.
 TFDS_METADATA_FILES = ("dataset_info.json", "features.json", f"{schema.LABEL_KEY}.labels.txt")
@@ -30,11 +36,11 @@ SCRATCH_PREFIX = ".convert-partial-"
 
 def replaced_files(out: str) -> list[str]:
     """The files in `out` a conversion writes or removes: records, manifest, TFDS metadata."""
-    if not os.path.isdir(out):
+    if not storage.isdir(out):
         return []
     return sorted(
         name
-        for name in os.listdir(out)
+        for name in storage.listdir(out)
         if name in (schema.MANIFEST_FILENAME, *TFDS_METADATA_FILES) or f".{schema.FILE_FORMAT}-" in name
     )
 
@@ -52,6 +58,8 @@ def is_stale_scratch(name: str) -> bool:
     leaves a window), and no lock fd has to be kept from the forked decoders.
     A folder whose PID runs is kept (a reused PID delays a removal, it never
     removes a live folder); folders of other hosts sharing the disk are kept.
+    The same holds on a URL store shared by many hosts: only this host's
+    PIDs can be asked, so only this host's dead runs are removed.
     """
     match = re.fullmatch(rf"{re.escape(SCRATCH_PREFIX)}(.+)-(\d+)-[^-]+", name)
     if not match or match[1] != socket.gethostname():
@@ -68,11 +76,50 @@ def is_stale_scratch(name: str) -> bool:
     return False
 
 
-def remove_stale_scratch(out: str) -> None:
-    """Removes the scratch folders that killed conversions left in `out`, saying so."""
-    stale = [name for name in sorted(os.listdir(out)) if is_stale_scratch(name)]
+def stale_scratch(out: str) -> list[str]:
+    """The names of the scratch folders in `out` that killed conversions left."""
+    return [name for name in sorted(storage.listdir(out)) if is_stale_scratch(name)]
+
+
+def make_scratch(out: str) -> str:
+    """A new scratch folder for this run, inside `out`."""
+    return storage.new_folder(out, scratch_prefix())
+
+
+def adopt_scratch(old: str, out: str) -> str:
+    """Renames a dead run's scratch folder to one of this run's, keeping its files.
+
+    So that no other conversion takes it for stale while this one writes in
+    it. Locally one rename of the folder (files keep their inodes); on a URL
+    store each file is renamed, since folders there are only name prefixes.
+    """
+    if not storage.is_url(out):
+        new = tempfile.mkdtemp(prefix=scratch_prefix(), dir=out)
+        os.replace(old, new)  # over the empty folder just made
+        return new
+    new = make_scratch(out)
+    for folder, _, names in _walk_url(old):
+        relative = folder[len(old):].lstrip("/")
+        target = f"{new}/{relative}" if relative else new
+        storage.makedirs(target)
+        for name in names:
+            storage.replace(f"{folder}/{name}", f"{target}/{name}")
+    storage.rmtree(old)
+    return new
+
+
+def _walk_url(folder: str) -> Iterator[tuple[str, list[str], list[str]]]:
+    import tensorflow as tf  # a URL store only
+
+    for parent, folders, files in tf.io.gfile.walk(folder):
+        yield parent.rstrip("/"), [f.rstrip("/") for f in folders], files
+
+
+def remove_stale_scratch(out: str, keep: str | None = None) -> None:
+    """Removes the scratch folders that killed conversions left in `out` (but `keep`), saying so."""
+    stale = [name for name in stale_scratch(out) if name != keep]
     for name in stale:
-        shutil.rmtree(os.path.join(out, name), ignore_errors=True)
+        storage.rmtree(os.path.join(out, name))
     if stale:
         print(
             f"removed {len(stale)} scratch folder(s) that interrupted conversions left in {out}: "
@@ -102,15 +149,38 @@ def move_into_place(scratch: str, out: str) -> None:
 
     The old manifest goes first, so that from then on the folder reads as
     unfinished; the new manifest comes last, so that a folder with a manifest
-    is always whole. Ctrl-C waits for the end of these few renames.
+    is always whole. Ctrl-C waits for the end of these few renames. Hidden
+    entries of `scratch` are its own bookkeeping (`pipeline.resume`) and stay.
     """
     with sigint_held():
         old = replaced_files(out)
         if schema.MANIFEST_FILENAME in old:
-            os.remove(os.path.join(out, schema.MANIFEST_FILENAME))
-        new = set(os.listdir(scratch))
+            storage.remove(os.path.join(out, schema.MANIFEST_FILENAME))
+        new = {name for name in storage.listdir(scratch) if not name.startswith(".")}
         for name in old:
             if name not in new and name != schema.MANIFEST_FILENAME:
-                os.remove(os.path.join(out, name))
+                storage.remove(os.path.join(out, name))
         for name in sorted(new, key=lambda n: n == schema.MANIFEST_FILENAME):
-            os.replace(os.path.join(scratch, name), os.path.join(out, name))
+            storage.replace(os.path.join(scratch, name), os.path.join(out, name))
+
+
+def write_tfds_metadata(folder: str, manifest: schema.Manifest) -> None:
+    """`schema.write_tfds_metadata` into `folder`, a local path or a URL.
+
+    TFDS writes through etils.epath, which knows gs://, s3:// and az:// but
+    not hdfs://, ram:// or other gfile schemes; for a URL the three small
+    files are made in a local temporary folder (beside empty stand-ins of the
+    shards, whose names TFDS reads) and copied, so every scheme works alike.
+    """
+    if not storage.is_url(folder):
+        schema.write_tfds_metadata(folder, manifest)
+        return
+    import tensorflow as tf  # a URL store only
+
+    with tempfile.TemporaryDirectory(prefix="tfds-metadata-") as staging:
+        shards = [shard.filename for split in manifest.splits.values() for shard in split.shards]
+        for name in shards:
+            open(os.path.join(staging, name), "wb").close()
+        schema.write_tfds_metadata(staging, manifest)
+        for name in sorted(set(os.listdir(staging)) - set(shards)):
+            tf.io.gfile.copy(os.path.join(staging, name), f"{folder}/{name}", overwrite=True)

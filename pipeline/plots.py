@@ -155,3 +155,33 @@ def plot_bar_panels(
         loc="outside lower center", ncols=min(len(groups), 3), fontsize=8,
     )
     return _save(fig, path, dpi=120)
+
+
+@dataclasses.dataclass(frozen=True)
+class LinePanel:
+    """One panel of `plot_line_panels`: named series of (xs, ys)."""
+
+    title: str
+    xlabel: str
+    ylabel: str
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]]
+
+
+def plot_line_panels(panels: Sequence[LinePanel], path: str, suptitle: str | None = None) -> str:
+    """Saves panels of line charts side by side as a PNG; returns `path`."""
+    fig = _figure(figsize=(5.5 * len(panels), 4), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, panel in zip(axes, panels):
+        for label, (xs, ys) in panel.series.items():
+            ax.plot(xs, ys, "o-" if len(xs) < 30 else "-", label=label)
+            if all(isinstance(x, int) for x in xs):  # epochs, counts: no 2.5
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(panel.title)
+        ax.set_xlabel(panel.xlabel)
+        ax.set_ylabel(panel.ylabel)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if suptitle:
+        fig.suptitle(suptitle)
+    return _save(fig, path)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pipeline import out_dir
 from pipeline import schema
 from pipeline import sources
+from pipeline import storage
 
 
 class ConversionError(ValueError):
@@ -19,16 +20,15 @@ class ConversionError(ValueError):
 
 
 def check_out(src: str | None, out: str, overwrite: bool) -> None:
-    """Refuses an `out` that is a file, is or is inside `src`, or holds files it would replace."""
-    if os.path.exists(out) and not os.path.isdir(out):
+    """Refuses an `out` that is a file, is or is inside `src`, or holds files it would replace.
+
+    Either may be a URL; a local path and a URL are never inside each other.
+    """
+    if storage.exists(out) and not storage.isdir(out):
         raise ConversionError(f"--out {out} is a file, not a folder")
-    if src:  # a missing --src is the scan's error
-        src_real, out_real = os.path.realpath(src), os.path.realpath(out)
-        if os.path.commonpath([src_real, out_real]) == src_real:
-            where = "is --src itself" if out_real == src_real else f"is inside --src {src}"
-            raise ConversionError(
-                f"--out {out} {where}: write the records outside the image folder"
-            )
+    if src and storage.inside(src, out):  # a missing --src is the scan's error
+        where = "is --src itself" if storage.inside(out, src) else f"is inside --src {src}"
+        raise ConversionError(f"--out {out} {where}: write the records outside the image folder")
     existing = out_dir.replaced_files(out)
     if existing and not overwrite:
         more = ", ..." if len(existing) > 1 else ""
@@ -131,5 +131,5 @@ def checked_splits(
     for split in written.values():
         if split.name not in splits:
             for shard in split.shards:
-                os.remove(os.path.join(scratch, shard.filename))
+                storage.remove(os.path.join(scratch, shard.filename))
     return splits

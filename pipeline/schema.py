@@ -66,7 +66,10 @@ def serialize_example(values: Mapping[str, bytes | str | int]) -> bytes:
     if set(values) != set(FEATURES):
         raise ValueError(f"a record needs exactly the features {sorted(FEATURES)}, got {sorted(values)}")
     feature = {key: _feature(dtype, values[key]) for key, dtype in FEATURES.items()}
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    example = tf.train.Example(features=tf.train.Features(feature=feature))
+    # Map fields have no fixed wire order (it differs between processes), and
+    # reruns and runners must write the same bytes: keys sorted.
+    return example.SerializeToString(deterministic=True)
 
 
 def parse_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:

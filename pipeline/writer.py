@@ -16,29 +16,33 @@ decoded and stored as RGB JPEG, in a worker process) and the serialized
 Everything is written to a scratch folder inside `out` first and renamed into
 place at the end, the manifest last, so an interrupted conversion leaves no
 half-written records and existing records go only once the new set is whole.
+Each finished shard gets a sidecar there, so that `--resume` can keep it
+(`pipeline.resume`). `src` and `out` may be local paths or URLs
+(`pipeline.storage`). The shards are written by this machine's decoding pool
+(`pipeline.decoders`) or, with `runner="beam"`, by `pipeline.beam_writer`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
-import multiprocessing
 import os
-import shutil
-import signal
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import tensorflow as tf
 from tqdm import tqdm
 
+from pipeline import decoders
 from pipeline import imaging
 from pipeline import out_dir
+from pipeline import resume as resume_lib
 from pipeline import rules
 from pipeline import schema
 from pipeline import sharding
 from pipeline import sources
+from pipeline import storage
 from pipeline import verify
 
 
@@ -46,6 +50,13 @@ ConversionError = rules.ConversionError  # what convert_folder raises, defined w
 
 # A worker's answer for one image: (serialized record, None) or (None, reason).
 Encoded = tuple[bytes | None, str | None]
+
+
+class Runner(str, enum.Enum):
+    """What writes the shards: this machine's decoding pool, or Apache Beam."""
+
+    LOCAL = "local"
+    BEAM = "beam"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +124,33 @@ def encode_record(
     }), None
 
 
+def write_shard(
+    split: str,
+    filename: str,
+    images: Sequence[sources.SourceImage],
+    encoded: Iterator[Encoded],
+    folder: str,
+    class_names: Sequence[str],
+    on_image: Callable[[], None] = lambda: None,
+) -> resume_lib.ShardResult:
+    """Writes one shard file, `folder`/`filename`, from `encode_record` of each of `images`."""
+    path = os.path.join(folder, filename)
+    class_counts = dict.fromkeys(class_names, 0)
+    skipped, count = [], 0
+    with tf.io.TFRecordWriter(path) as writer:
+        for image in images:
+            record, reason = next(encoded)
+            on_image()
+            if record is None:
+                skipped.append(sources.skip_entry(image.path, split, reason))
+                continue
+            writer.write(record)
+            class_counts[image.class_name] += 1
+            count += 1
+    info = schema.ShardInfo(filename, count, storage.size(path))
+    return resume_lib.ShardResult(split, info, class_counts, tuple(skipped))
+
+
 def write_split(
     plan: sharding.SplitPlan,
     encoded: Iterator[Encoded],
@@ -125,65 +163,67 @@ def write_split(
     Args:
       plan: the split's images and shard names.
       encoded: `encode_record` of each of `plan.images`, in order.
-      folder: where the shard files go.
+      folder: where the shard files go (a local path or a URL).
       class_names: all class names, for the per-class counts.
       on_image: called after each image (progress).
 
     Returns:
       (the split's SplitInfo, the files skipped as {"path", "split", "reason"}).
     """
-    class_counts = dict.fromkeys(class_names, 0)
-    shards, skipped = [], []
-    for filename, images in plan.shards():
-        path = os.path.join(folder, filename)
-        count = 0
-        with tf.io.TFRecordWriter(path) as writer:
-            for image in images:
-                record, reason = next(encoded)
-                on_image()
-                if record is None:
-                    skipped.append(sources.skip_entry(image.path, plan.name, reason))
-                    continue
-                writer.write(record)
-                class_counts[image.class_name] += 1
-                count += 1
-        shards.append(schema.ShardInfo(filename, count, os.path.getsize(path)))
-    return schema.SplitInfo(plan.name, tuple(shards), class_counts), skipped
-
-
-def _ignore_sigint() -> None:
-    """Pool initializer: Ctrl-C reaches every process of the terminal's group;
-    only the main process acts on it (one line, and it ends the pool), so the
-    decoders do not each print a traceback."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    results = [
+        write_shard(plan.name, filename, images, encoded, folder, class_names, on_image)
+        for filename, images in plan.shards()
+    ]
+    return resume_lib.gather_split(plan.name, results, class_names)
 
 
 def _write_splits(
     plans: Sequence[sharding.SplitPlan],
     scan: sources.FolderScan,
     scratch: str,
-    encode: Callable[[Sequence[sources.SourceImage]], Iterator[Encoded]],
+    encode: Callable[[Iterable[sources.SourceImage]], Iterator[Encoded]],
     strict: bool,
     show_progress: bool,
+    kept: dict[str, resume_lib.ShardResult],
 ) -> tuple[dict[str, schema.SplitInfo], list[dict[str, str]]]:
-    """Writes every split's shards into `scratch`.
+    """Writes every split's shards into `scratch`, but those in `kept`, each with its sidecar.
 
     Returns:
       (split name -> SplitInfo, for every plan, even one whose files were
       all skipped; the skipped files: the scan's, then the decoders').
     """
+    todo = [images for plan in plans for filename, images in plan.shards() if filename not in kept]
+    encoded = encode(image for images in todo for image in images)  # one stream: no pause between shards
     splits: dict[str, schema.SplitInfo] = {}
     skipped = list(scan.skipped)
     with tqdm(total=scan.num_files, unit="img", desc="converting", disable=not show_progress) as bar:
         for plan in plans:
-            split, split_skipped = write_split(
-                plan, encode(plan.images), scratch, scan.class_names, lambda: bar.update(1)
-            )
+            results = []
+            for filename, images in plan.shards():
+                result = kept.get(filename)
+                if result is None:
+                    result = write_shard(
+                        plan.name, filename, images, encoded, scratch, scan.class_names, lambda: bar.update(1)
+                    )
+                    resume_lib.write_result(scratch, result)  # after the shard is whole
+                else:
+                    bar.update(len(images))
+                results.append(result)
+            split, split_skipped = resume_lib.gather_split(plan.name, results, scan.class_names)
             splits[split.name] = split
             skipped += split_skipped
             if strict:
                 rules.check_strict(skipped)
     return splits, skipped
+
+
+def _runner(runner: str | Runner) -> Runner:
+    try:
+        return Runner(runner)
+    except ValueError:
+        raise ConversionError(
+            f"--runner must be {' or '.join(r.value for r in Runner)}, got {runner!r}"
+        ) from None
 
 
 def convert_folder(
@@ -203,12 +243,17 @@ def convert_folder(
     max_file_mb: int = sources.DEFAULT_MAX_FILE_MB,
     max_pixels: int = imaging.DEFAULT_MAX_PIXELS,
     show_progress: bool = True,
+    resume: bool = False,
+    runner: str | Runner = Runner.LOCAL,
+    beam_options: Sequence[str] = (),
 ) -> ConversionSummary:
     """Converts the image tree `src` into TFRecord shards in `out`.
 
     Args:
-      src: the image folder (see `sources.scan_image_folder` for layouts).
-      out: the records folder to write; not `src` nor inside it.
+      src: the image folder (see `sources.scan_image_folder` for layouts): a
+        local path or a URL that tf.io.gfile reads (`gs://...`).
+      out: the records folder to write, local or a URL; not `src` nor
+        inside it.
       classes: class names in label order; default: sorted folder names.
         At least two.
       num_shards: shards per split; default: from `shard_bytes`, at least
@@ -225,6 +270,11 @@ def convert_folder(
       max_file_mb: skip files larger than this many MiB.
       max_pixels: skip images of more pixels (checked before decoding).
       show_progress: draw a progress bar on stderr.
+      resume: keep the checked shards of an interrupted run with the same
+        plan (`pipeline.resume`); the local runner only.
+      runner: "local" (this machine's decoding pool) or "beam"
+        (`pipeline.beam_writer`).
+      beam_options: Beam pipeline options as `key=value` strings.
 
     Raises:
       ConversionError: bad arguments, an `out` that is refused, fewer than
@@ -242,42 +292,62 @@ def convert_folder(
         max_file_mb=max_file_mb,
         max_pixels=max_pixels,
     )
-    rules.check_out(src, out, overwrite)
-    scan = rules.checked_scan(src, classes, validation_fraction, seed, strict, follow_external_links, max_file_mb)
-    dataset_name = sharding.dataset_name_for(src)
-    plans = [
-        sharding.plan_split(name, images, dataset_name, seed, num_shards, image_size, shard_bytes)
-        for name, images in scan.splits.items()
-    ]
+    runner = _runner(runner)
+    if resume and runner is Runner.BEAM:
+        raise ConversionError("--resume is not supported with --runner=beam (only with the local runner)")
     workers = workers or os.cpu_count() or 1
-
-    created_out = not os.path.isdir(out)
-    os.makedirs(out, exist_ok=True)
-    out_dir.remove_stale_scratch(out)
-    # Inside `out`: the final renames stay on one filesystem, so they are atomic.
-    scratch = tempfile.mkdtemp(prefix=out_dir.scratch_prefix(), dir=out)
     task = functools.partial(encode_record, stored_size=image_size, max_pixels=max_pixels)
-    pool = None
+    pool, scratch, created_out = None, None, False
+    # Forked first, before this process touches any filesystem through
+    # TensorFlow (a URL --src or --out): see `decoders.fork_pool`.
+    if runner is Runner.LOCAL and workers > 1:
+        pool = decoders.fork_pool(workers)
     try:
-        if workers > 1:  # forked before this process starts any TensorFlow runtime
-            pool = multiprocessing.get_context("fork").Pool(workers, initializer=_ignore_sigint)
-        written, skipped = _write_splits(
-            plans,
-            scan,
-            scratch,
-            lambda images: pool.imap(task, images, chunksize=4) if pool else map(task, images),
-            strict,
-            show_progress,
+        rules.check_out(src, out, overwrite)
+        scan = rules.checked_scan(
+            src, classes, validation_fraction, seed, strict, follow_external_links, max_file_mb
         )
+        dataset_name = sharding.dataset_name_for(src)
+        plans = [
+            sharding.plan_split(name, images, dataset_name, seed, num_shards, image_size, shard_bytes)
+            for name, images in scan.splits.items()
+        ]
+        created_out = not storage.isdir(out)
+        storage.makedirs(out)
+        if runner is Runner.BEAM:
+            out_dir.remove_stale_scratch(out)
+            scratch = out_dir.make_scratch(out)
+            from pipeline import beam_writer  # heavy, optional: only when asked for
+
+            written, skipped = beam_writer.write_splits(
+                plans, scan, scratch, stored_size=image_size, max_pixels=max_pixels, workers=workers,
+                options=beam_options,
+            )
+            if strict:
+                rules.check_strict(skipped)
+        else:
+            settings = {
+                "src": storage.absolute(src), "classes": ",".join(scan.class_names), "seed": seed,
+                "num_shards": num_shards, "shard_bytes": shard_bytes, "image_size": image_size,
+                "validation_fraction": validation_fraction, "follow_external_links": follow_external_links,
+                "max_file_mb": max_file_mb, "max_pixels": max_pixels,
+            }
+            plan = resume_lib.make_plan(plans, scan.class_names, image_size, max_pixels, settings)
+            scratch, kept = resume_lib.open_scratch(out, plan, resume, plans, scan.class_names, dataset_name)
+            if pool is None:
+                encode = functools.partial(map, task)
+            else:
+                encode = functools.partial(decoders.bounded_imap, pool, task, workers)
+            written, skipped = _write_splits(plans, scan, scratch, encode, strict, show_progress, kept)
         manifest = schema.Manifest(
             dataset_name=dataset_name,
             class_names=scan.class_names,
             splits=rules.checked_splits(written, scan.class_names, src, scratch),
             stored_size=tuple(image_size) if image_size else None,
-            source=os.path.abspath(src),
+            source=storage.absolute(src),
             skipped=tuple(skipped),
         )
-        schema.write_tfds_metadata(scratch, manifest)
+        out_dir.write_tfds_metadata(scratch, manifest)
         schema.write_manifest(scratch, manifest)
         # Checked as a reader will read it before it replaces anything.
         report = verify.verify_records(scratch)
@@ -287,9 +357,10 @@ def convert_folder(
     finally:
         if pool is not None:
             pool.terminate()
-        shutil.rmtree(scratch, ignore_errors=True)
-        if created_out and not os.listdir(out):  # a failed run leaves no empty folder
-            os.rmdir(out)
+        if scratch is not None:
+            storage.rmtree(scratch)
+        if created_out:  # a failed run leaves no empty folder
+            storage.remove_empty_folder(out)
     return ConversionSummary(
         out=out, manifest=manifest, seconds=time.perf_counter() - started, verify_seconds=report.seconds
     )

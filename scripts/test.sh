@@ -4,4 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
-.venv/bin/python -m pytest -q "$@"
+# Two or more workers (pytest-xdist), a test file each at a time, slowest files
+# first (see SLOWEST_FILES in tests/conftest.py).
+.venv/bin/python -m pytest -q -n auto --dist loadfile --no-loadscope-reorder "$@"

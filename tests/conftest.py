@@ -14,7 +14,10 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import dataclasses  # noqa: E402
+import json  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -238,3 +241,58 @@ def require_cat_dog_small() -> Path:
     if not CAT_DOG_SMALL.is_dir():
         pytest.skip(f"{CAT_DOG_SMALL} is absent")
     return CAT_DOG_SMALL
+
+
+def run_cli_cases(script: str, cases: list[list[str]], timeout: float = 600) -> list[subprocess.CompletedProcess]:
+    """Each case of `script`'s command line, as `python script *args` would run it,
+    but all in one child process that imports TensorFlow once (tests/cli_driver.py).
+
+    Returns:
+      One CompletedProcess per case: its exit status, stdout and stderr.
+    """
+    with tempfile.TemporaryDirectory(prefix="cli-cases-") as scratch:
+        cases_path, results_path = Path(scratch, "cases.json"), Path(scratch, "results.json")
+        cases_path.write_text(json.dumps([[str(arg) for arg in args] for args in cases]))
+        child = subprocess.run(
+            [sys.executable, str(REPO_ROOT / "tests" / "cli_driver.py"), script, str(cases_path), str(results_path)],
+            cwd=REPO_ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+            capture_output=True, text=True, timeout=timeout,
+        )
+        assert child.returncode == 0 and results_path.is_file(), child.stderr[-3000:]
+        results = json.loads(results_path.read_text())
+    return [
+        subprocess.CompletedProcess([script, *args], r["returncode"], r["stdout"], r["stderr"])
+        for args, r in zip(cases, results, strict=True)
+    ]
+
+
+# --------------------------------------------------------------------------
+# Parallel runs: scripts/test.sh runs `pytest -n auto --dist loadfile
+# --no-loadscope-reorder` (pytest-xdist), each file on one worker. The workers
+# take the files in collection order, so the slowest files (those that start
+# train.py, convert.py, bench.py or tf.data servers as processes) go first and
+# the workers end together. Slowest first, as measured with --durations; a
+# file missing here only runs later, in its usual place.
+SLOWEST_FILES = (
+    "test_convert_faults.py",
+    "test_writer.py",
+    "test_train_faults.py",
+    "test_train.py",
+    "test_data_service.py",
+    "test_strategy.py",
+    "test_benchmark.py",
+    "test_beam.py",
+    "test_read_faults.py",
+    "test_conversion_bench.py",
+    "test_convert_resume.py",
+    "test_model.py",
+    "test_remote_storage.py",
+    "test_verify.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # one process: the files in their usual order
+    rank = {name: i for i, name in enumerate(SLOWEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its order

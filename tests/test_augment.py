@@ -81,6 +81,9 @@ def test_identity_parameters_give_the_identity_matrix_and_warp():
     device = augment.warp_with_tensorflow(tf.constant(batch), matrices)
     assert device.dtype == tf.float32
     np.testing.assert_array_equal(device.numpy(), batch.astype(np.float32))
+    kernel = augment.warp_uint8_with_tensorflow(tf.constant(batch), matrices)
+    assert kernel.dtype == tf.uint8
+    np.testing.assert_array_equal(kernel.numpy(), batch)
 
 
 def test_zero_ranges_augment_nothing():
@@ -152,10 +155,40 @@ def test_shifts_and_flips_match_keras_on_non_square_images(keras_generator, para
     image = _smooth_image(24, 36, seed=3)
     matrices = _matrices(params, 24, 36)
     expected = keras_generator.apply_transform(image.astype(np.float64), params)
-    host = augment.warp_on_host(tf.constant(image[None]), matrices).numpy()[0]
-    np.testing.assert_allclose(host, expected, atol=1.0)
+    for warp in (augment.warp_on_host, augment.warp_uint8_with_tensorflow):
+        host = warp(tf.constant(image[None]), matrices).numpy()[0]
+        np.testing.assert_allclose(host, expected, atol=1.0, err_msg=warp.__name__)
     device = augment.warp_with_tensorflow(tf.constant(image[None]), matrices).numpy()[0]
     np.testing.assert_allclose(device, expected, atol=1e-3)
+
+
+def test_tensorflow_host_warp_matches_keras_inside_dataset_map(keras_generator):
+    """The kernel in a traced tf.data function, as workers run it: every KERAS_CASES warp in one batch."""
+    size = 40
+    image = _smooth_image(size, size)
+    matrices = tf.concat([_matrices(params, size, size) for params in KERAS_CASES], axis=0)
+    batch = np.repeat(image[None], len(KERAS_CASES), axis=0)
+    ds = tf.data.Dataset.from_tensors((batch, matrices)).map(augment.warp_uint8_with_tensorflow)
+    assert ds.element_spec.dtype == tf.uint8 and ds.element_spec.shape == batch.shape
+    warped = next(iter(ds)).numpy().astype(np.float64)
+    for params, host in zip(KERAS_CASES, warped):
+        expected = keras_generator.apply_transform(image.astype(np.float64), params)
+        assert np.abs(host - expected).mean() < 1.0, params
+        assert np.abs(host - expected).max() <= 2.0, params
+    np.testing.assert_array_equal(warped, augment.warp_uint8_with_tensorflow(batch, matrices).numpy())
+
+
+@pytest.mark.parametrize("size", [(32, 32), (24, 36)], ids=["square", "non-square"])
+def test_tensorflow_host_warp_is_the_gather_sampler_rounded(size):
+    """ImageProjectiveTransformV3 and the gather sampler share the pixel-centre convention and the edge rule."""
+    height, width = size
+    batch = np.stack([_smooth_image(height, width, s) for s in range(6)])
+    config = dataclasses.replace(augment.NOTEBOOK_AUGMENTATION, rotation_range=45.0, zoom_range=0.3)
+    matrices = augment.random_affine(6, height, width, config, tf.constant([8, 9]))
+    kernel = augment.warp_uint8_with_tensorflow(tf.constant(batch), matrices).numpy().astype(np.float32)
+    gather = augment.warp_with_tensorflow(tf.constant(batch), matrices).numpy()
+    assert np.abs(kernel - gather).max() <= 0.5 + 1e-3  # rounding only
+    assert np.abs(kernel - batch).mean() > 5  # warped: not two copies of the input
 
 
 def test_half_turn_about_the_centre_is_both_flips_on_non_square_images():
@@ -163,9 +196,8 @@ def test_half_turn_about_the_centre_is_both_flips_on_non_square_images():
     turned = _matrices({"theta": 180.0}, 18, 30)
     flipped = _matrices({"flip_horizontal": True, "flip_vertical": True}, 18, 30)
     np.testing.assert_allclose(turned.numpy(), flipped.numpy(), atol=1e-4)
-    np.testing.assert_array_equal(
-        augment.warp_on_host(tf.constant(image), flipped).numpy(), image[:, ::-1, ::-1]
-    )
+    for warp in (augment.warp_on_host, augment.warp_uint8_with_tensorflow):
+        np.testing.assert_array_equal(warp(tf.constant(image), flipped).numpy(), image[:, ::-1, ::-1])
     np.testing.assert_allclose(
         augment.warp_with_tensorflow(tf.constant(image), turned).numpy(),
         image[:, ::-1, ::-1].astype(np.float32), atol=1e-2,

@@ -8,9 +8,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +20,10 @@ from benchmark import plan
 from benchmark import report
 from benchmark import targets
 from benchmark import timing
+from conftest import run_cli_cases
 from pipeline import augment
 from pipeline import dataset
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 LOADERS = (
     "idg_rescale",
@@ -283,19 +280,25 @@ def _is_positive_finite(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
-def test_bench_smoke(tmp_path):
-    src = tmp_path / "pets"
-    out = tmp_path / "bench_out"
-    _make_tree(src)
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    completed = subprocess.run(
-        [
-            sys.executable, str(REPO_ROOT / "bench.py"),
-            f"--src={src}", f"--out={out}",
+@pytest.fixture(scope="module")
+def bench_py(tmp_path_factory) -> dict:
+    """bench.py end to end on a tiny tree, and on a --src without train/: two runs in one child process."""
+    root = tmp_path_factory.mktemp("bench_py")
+    _make_tree(root / "pets")
+    (root / "no_train" / "validation").mkdir(parents=True)
+    cases = {
+        "smoke": [
+            f"--src={root / 'pets'}", f"--out={root / 'bench_out'}",
             "--batch_size=4", "--max_batches=2", "--passes=1", "--train_steps=2",
         ],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
-    )
+        "no train split": [f"--src={root / 'no_train'}", f"--out={root / 'out'}"],
+    }
+    runs = dict(zip(cases, run_cli_cases("bench.py", list(cases.values()))))
+    return {**runs, "out": root / "bench_out"}
+
+
+def test_bench_smoke(bench_py):
+    completed, out = bench_py["smoke"], bench_py["out"]
     assert completed.returncode == 0, completed.stderr[-4000:]
 
     results = json.loads((out / "results.json").read_text())
@@ -344,12 +347,8 @@ def test_bench_smoke(tmp_path):
         assert image.format == "PNG" and min(image.size) > 100
 
 
-def test_bench_reports_a_missing_split_in_one_line(tmp_path):
-    (tmp_path / "pets" / "validation").mkdir(parents=True)
-    completed = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "bench.py"), f"--src={tmp_path / 'pets'}", f"--out={tmp_path / 'out'}"],
-        cwd=REPO_ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, capture_output=True, text=True, timeout=120,
-    )
+def test_bench_reports_a_missing_split_in_one_line(bench_py):
+    completed = bench_py["no train split"]
     assert completed.returncode == 1
     assert completed.stderr.strip().splitlines()[-1].startswith("bench.py: error: ")
     assert "train/ folder" in completed.stderr

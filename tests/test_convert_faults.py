@@ -54,9 +54,9 @@ def _scratch_folders(out: Path) -> list[Path]:
 
 
 def _scratch_shards(out: Path) -> int:
-    """Files in the scratch folders of `out`; 0 while there are none."""
+    """Shard files in the scratch folders of `out`; 0 while there are none."""
     try:
-        return sum(len(os.listdir(p)) for p in _scratch_folders(out))
+        return sum(len([n for n in os.listdir(p) if ".tfrecord-" in n]) for p in _scratch_folders(out))
     except FileNotFoundError:  # removed as we looked: the run is ending
         return 0
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from conftest import COLOUR_TOLERANCE, convert, make_image_tree, nearest_palette_colour
 from model import training
@@ -113,8 +114,10 @@ def test_the_distributed_epoch_holds_every_training_example_once(tree_and_record
     manifest = schema.read_manifest(str(records))
     config = _config(records, cluster.address)
     data = training.training_input(config, manifest, cache=False)
+    assert data.element_spec[0].dtype == tf.float32  # scaled on the trainer
     for _ in range(2):  # two epochs: a new job each
         images = np.concatenate([x.numpy() for x, _ in data])
+        assert 0.0 <= images.min() and images.max() <= 1.0
         assert _sources(tree, images) == Counter(im.relpath for im in tree.split("train"))
 
 
@@ -123,8 +126,11 @@ def test_the_distributed_dataset_warps_with_tensorflow_ops_only(tree_and_records
     manifest = schema.read_manifest(str(records))
     train_config, _ = training.input_configs(_config(records, "grpc://127.0.0.1:1"), manifest.num_classes)
     assert train_config.host_warp is augment.HostWarp.TENSORFLOW and not train_config.cache
-    graph = dataset.train_dataset(str(records), train_config)._as_serialized_graph().numpy()
-    assert b"PyFunc" not in graph and b"ImageProjectiveTransform" not in graph
+    on_workers = dataset.train_dataset(str(records), train_config)
+    assert on_workers.element_spec[0].dtype == tf.uint8  # a quarter of float32's bytes on the wire
+    graph = on_workers._as_serialized_graph().numpy()
+    # The warp is TensorFlow's C++ kernel, not OpenCV through tf.numpy_function.
+    assert b"PyFunc" not in graph and b"ImageProjectiveTransformV3" in graph
 
 
 def test_train_py_trains_through_the_service(tree_and_records, cluster, tmp_path):
@@ -169,6 +175,16 @@ def test_a_worker_killed_mid_epoch_and_restarted_lets_the_epoch_finish(tree_and_
         assert next_epoch == expected
     finally:
         own.stop()
+
+
+def test_distribute_gives_each_element_once_per_epoch_with_the_trainer_end_untuned(cluster):
+    """distribute's own settings (uncompressed, 100 ms task refresh) keep every epoch whole."""
+    ds = service.distribute(tf.data.Dataset.range(40).batch(4), service.Address.parse(cluster.address))
+    assert ds.options().autotune.enabled is False  # its thread held up the end of every epoch
+    for _ in range(2):
+        assert sorted(np.concatenate([x.numpy() for x in ds]).tolist()) == list(range(40))
+    with pytest.raises(ValueError, match="job_name"):
+        service.distribute(tf.data.Dataset.range(4), service.Address.parse(cluster.address), job_name="")
 
 
 def test_address_parsing():

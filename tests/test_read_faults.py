@@ -252,45 +252,6 @@ def test_a_label_outside_the_classes_fails_naming_it(records, tmp_path, reader, 
 
 
 # --------------------------------------------------------------------------
-# The same faults through verify.py, all in one folder.
-
-
-def test_verify_script_names_every_bad_shard_and_record(records, tmp_path):
-    damaged = copy_records(records, tmp_path / "records")
-    train = [shard_file(damaged, "train", k) for k in range(3)]
-    validation = [shard_file(damaged, "validation", k) for k in range(3)]
-    cut_shard(train[0], record_starts(train[0])[-2])
-    cut_shard(train[1], record_starts(train[1])[-2] + 5)
-    rewrite_record(damaged, "train", 2, 1, record_with(damaged, "train", 2, 1, label=7))
-    cut_shard(validation[0], record_starts(validation[0])[1] + 30)
-    lower_count(damaged, "validation", 1)
-    set_bytes(validation[2], [40], [0x20 ^ validation[2].read_bytes()[40]])
-    result = run_verify(f"--records={damaged}")
-    assert result.returncode == 1
-    lines = result.stdout.splitlines()
-    assert lines[0].startswith(f"{damaged}: ") and lines[0].endswith("problems")
-    expected = [
-        (train[0], 3, "missing"),
-        (train[1], 3, "cut short"),
-        (train[2], 1, "label 7 is not a class index"),
-        (validation[0], 1, "unreadable: truncated record"),
-        (validation[1], 1, "extra: the manifest says 1 records, the shard holds 2"),
-        (validation[2], 0, "unreadable: corrupted record"),
-    ]
-    for path, index, reason in expected:
-        assert any(f"{path.name}: record {index}: {reason}" in line for line in lines), (path.name, lines)
-    assert result.stderr.strip().splitlines()[-1] == f"verify.py: error: {len(lines) - 1} problems in {damaged}"
-
-
-def run_verify(*args: str) -> subprocess.CompletedProcess:
-    """verify.py with `args`, in a child process."""
-    return subprocess.run(
-        [sys.executable, str(REPO_ROOT / "verify.py"), *args],
-        capture_output=True, text=True, timeout=300, cwd=REPO_ROOT, env=QUIET,
-    )
-
-
-# --------------------------------------------------------------------------
 # A damaged manifest: one ValueError naming the file, whatever the damage.
 
 

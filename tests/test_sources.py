@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections import Counter
 
 import pytest
@@ -317,3 +318,73 @@ def test_a_class_folder_linked_from_outside_is_skipped_unless_followed(tmp_path)
     assert _reasons(scan, tree.root) == {"birds": "symlink leads outside --src"}
     followed = sources.scan_image_folder(str(tree.root), follow_external_links=True)
     assert followed.num_files == 3 and not followed.skipped
+
+
+# --------------------------------------------------------------------------
+# A tree at a URL: TensorFlow's in-memory ram:// stands in for gs://.
+
+
+def _to_ram(local) -> str:
+    import tensorflow as tf
+
+    remote = f"ram://{uuid.uuid4().hex}/{local.name}"
+    for folder, _, files in os.walk(local):
+        target = remote + folder[len(str(local)):]
+        tf.io.gfile.makedirs(target)
+        for name in files:
+            tf.io.gfile.copy(os.path.join(folder, name), f"{target}/{name}")
+    return remote
+
+
+def _listing(scan, root) -> dict:
+    """A scan with its paths relative to `root`, comparable across filesystems."""
+    return {
+        "class_names": scan.class_names,
+        "splits": {
+            split: [
+                (os.path.relpath(im.path, root), im.relpath, im.label, im.class_name, im.size) for im in images
+            ]
+            for split, images in scan.splits.items()
+        },
+        "skipped": [(os.path.relpath(s["path"], root), s["split"], s["reason"]) for s in scan.skipped],
+    }
+
+
+@pytest.mark.parametrize("layout", ["split", "flat"])
+def test_a_tree_at_a_url_lists_as_it_does_on_disk(tmp_path, layout):
+    if layout == "split":
+        counts = {"train": {"cats": 3, "dogs": 2}, "test": {"cats": 1, "dogs": 1}}
+    else:
+        counts = {"cats": 4, "dogs": 3}
+    tree = make_image_tree(tmp_path / "src", layout, counts, (8, 8))
+    class_folder = tree.root / ("train/cats" if layout == "split" else "cats")
+    (class_folder / "more").mkdir()
+    (class_folder / "more" / "nested.jpg").write_bytes(tree.images[0].path.read_bytes())
+    (class_folder / ".hidden.jpg").write_bytes(b"junk")
+    (tree.root / ".cache").mkdir()
+    remote = _to_ram(tree.root)
+    kwargs = {"validation_fraction": 0.3, "seed": 4} if layout == "flat" else {}
+    on_disk = sources.scan_image_folder(str(tree.root), **kwargs)
+    at_url = sources.scan_image_folder(remote + "/", **kwargs)
+    assert _listing(at_url, remote) == _listing(on_disk, tree.root)
+    assert "cats/more/nested.jpg" in _relpaths(im for images in at_url.splits.values() for im in images)
+    assert all(im.path.startswith(remote + "/") for images in at_url.splits.values() for im in images)
+    assert all(im.mtime_ns for images in on_disk.splits.values() for im in images)
+
+
+def test_the_size_limit_and_unusable_urls(tmp_path):
+    import tensorflow as tf
+
+    tree = make_image_tree(tmp_path / "src", "flat", {"cats": 2, "dogs": 2}, (8, 8))
+    remote = _to_ram(tree.root)
+    with tf.io.gfile.GFile(f"{remote}/dogs/big.jpg", "wb") as f:
+        f.write(b"\0" * (2 * 2**20 + 1))
+    scan = sources.scan_image_folder(remote, max_file_mb=2)
+    assert _relpaths(scan.splits["train"]) == sorted(im.relpath for im in tree.images)
+    assert [(s["path"], s["reason"]) for s in scan.skipped] == [
+        (f"{remote}/dogs/big.jpg", "larger than --max_file_mb=2 (2 MiB)")
+    ]
+    with pytest.raises(sources.SourceError, match="is not a folder"):
+        sources.scan_image_folder(remote + "/nothing")
+    with pytest.raises(sources.SourceError, match="no class folders"):
+        sources.scan_image_folder(f"{remote}/cats")

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import sample_records
+from model import training
 
 REPO = Path(__file__).resolve().parents[1]
 # The machine's CPU split into two logical devices before TensorFlow starts,
@@ -27,7 +28,7 @@ _TWO_DEVICES = textwrap.dedent(
     cli.run(train.main, "train.py")
     """
 )
-COMMON = ["--batch_size=10", "--image_size=48", "--epochs=4", "--seed=3", "--verbose=2"]
+COMMON = ["--batch_size=10", "--image_size=32", "--epochs=4", "--seed=3", "--verbose=2"]
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +64,11 @@ def _last_val_accuracy(model_dir: Path) -> float:
 
 
 def test_mirrored_on_two_devices_learns_as_one_device_and_resumes_after_a_kill(records, driver, tmp_path):
+    # The one-device reference: the same settings, trained in this process.
     single = tmp_path / "single"
-    _run(REPO / "train.py", f"--records={records}", f"--model_dir={single}", *COMMON)
+    training.train_and_evaluate(training.TrainConfig(
+        records=str(records), model_dir=str(single), batch_size=10, image_size=32, epochs=4, seed=3, verbose=0,
+    ))
 
     mirrored = tmp_path / "mirrored"
     args = [f"--records={records}", f"--model_dir={mirrored}", "--strategy=mirrored", *COMMON]

@@ -1,8 +1,12 @@
-"""train.py end to end, as a subprocess, on generated records."""
+"""train.py end to end, as a subprocess, on generated records: a run and what it
+writes, continuing it, the GPU settings on a CPU, and reruns and bad input
+answered in one line."""
 
 import configparser
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,11 +15,25 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import run_cli_cases, sample_records
 from model import hardware, training
 from pipeline import augment  # noqa: F401  registers DeviceAugmentation for load_model
 from pipeline import sample_data, writer
 
 REPO = Path(__file__).resolve().parents[1]
+COMMON = ["--batch_size=6", "--image_size=32"]
+# TensorFlow's C++ start-up lines, printed before any of ours.
+_TF_NOISE = ("WARNING: All log messages", "I0000", "W0000", "E0000", "To enable the following")
+_LOG_LINE = re.compile(r"^[IWEF]\d{4} ")  # absl: I1128 08:13:21.551098 ...
+BAD_FLAGS = {  # flag -> words its error line must hold
+    "--epochs=0": "--epochs=0",
+    "--steps_per_epoch=-1": "--steps_per_epoch=-1",
+    "--validation_steps=-1": "--validation_steps=-1",
+    "--image_size=0": "--image_size=0",
+    "--learning_rate=-0.1": "--learning_rate",
+    "--data_service=localhost": "--data_service must be grpc://HOST:PORT",
+}
+GENUINE_BAD_FLAG = "--epochs=0"  # also run as a process of its own
 
 
 @pytest.fixture(scope="module")
@@ -26,20 +44,78 @@ def records(tmp_path_factory):
     return root / "records"
 
 
-def run_train(*args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *args],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+def _env() -> dict:
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+
+
+def our_stderr_lines(stderr: str) -> list[str]:
+    """stderr without TensorFlow's start-up noise and absl's log lines."""
+    return [
+        line for line in stderr.splitlines()
+        if line.strip() and not line.startswith(_TF_NOISE) and not _LOG_LINE.match(line)
+    ]
+
+
+@pytest.fixture(scope="module")
+def first_run(records, tmp_path_factory) -> dict:
+    """One epoch of train.py, a process of its own: its model_dir (no test changes
+    it), arguments, CompletedProcess, and the bytes of its results.json and history.json."""
+    model_dir = tmp_path_factory.mktemp("first_run") / "run"
+    args = [f"--records={records}", f"--model_dir={model_dir}", *COMMON]
+    result = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *args, "--epochs=1", "--save_h5"],
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600,
     )
+    assert result.returncode == 0, result.stderr[-3000:]
+    files = {name: (model_dir / name).read_bytes() for name in ("results.json", "history.json")}
+    return {"model_dir": model_dir, "args": args, "result": result, **files}
 
 
-def test_train_writes_everything_and_resumes(records, tmp_path):
-    model_dir = tmp_path / "run"
-    common = [f"--records={records}", f"--model_dir={model_dir}", "--batch_size=6", "--image_size=64"]
+@pytest.fixture(scope="module")
+def cli_runs(records, first_run, tmp_path_factory) -> dict:
+    """case name -> CompletedProcess of train.py, and "dirs": the model_dirs of the cases.
 
-    first = run_train(*common, "--epochs=1", "--save_h5")
-    assert first.returncode == 0, first.stderr[-3000:]
+    The genuine bad flag runs as a process of its own; every other case runs in
+    one child process, one after another (run_cli_cases): first the reruns and
+    bad input, which must change nothing, then the two that train.
+    """
+    root = tmp_path_factory.mktemp("train_cli")
+    other_records = sample_records(root / "other", {"train": 5, "validation": 2}, seed=9)
+    dirs = {"never": root / "never", "continued": root / "continued", "device": root / "device"}
+    shutil.copytree(first_run["model_dir"], dirs["continued"])
+    args = first_run["args"]
+    bad_flag_args = [f"--records={records}", f"--model_dir={dirs['never']}"]
+    cases = {
+        "finished": [*args, "--epochs=1"],
+        "other batch": [*args, "--batch_size=4", "--epochs=2"],
+        "other records": [f"--records={other_records}", f"--model_dir={first_run['model_dir']}", *COMMON, "--epochs=2"],
+        "no records folder": [f"--records={root / 'nowhere'}", f"--model_dir={dirs['never']}", "--epochs=1"],
+        "no --records": ["--epochs=1"],
+        **{flag: [*bad_flag_args, flag] for flag in BAD_FLAGS},
+        # A copy of the finished run, continued to a larger --epochs.
+        "continue": [f"--records={records}", f"--model_dir={dirs['continued']}", *COMMON, "--epochs=2"],
+        # The GPU settings on a CPU.
+        "device": [
+            f"--records={records}", f"--model_dir={dirs['device']}", *COMMON, "--epochs=1", "--augment_on=device",
+            "--mixed_precision", "--jit_compile", "--nocache", "--profile_batches=1,2",
+        ],
+    }
+    genuine = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *bad_flag_args, GENUINE_BAD_FLAG],
+        cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    runs = dict(zip(cases, run_cli_cases("train.py", list(cases.values()))))
+    stdout, stderr = genuine.communicate(timeout=300)
+    runs["genuine"] = subprocess.CompletedProcess(genuine.args, genuine.returncode, stdout, stderr)
+    return {**runs, "dirs": dirs}
+
+
+# --------------------------------------------------------------------------
+# Runs that train.
+
+
+def test_train_writes_everything(first_run):
+    model_dir, first = first_run["model_dir"], first_run["result"]
     for name in ("model.keras", "model.h5", "history.json", "results.json", "training_curves.png",
                  "input_batch.png", "augmented_variants.png", "checkpoints/epoch_001.keras"):
         assert (model_dir / name).is_file(), name
@@ -58,8 +134,9 @@ def test_train_writes_everything_and_resumes(records, tmp_path):
     assert "--mixed_precision on a machine without a GPU" not in first.stderr
     assert "Test: accuracy" in first.stdout
 
-    # The same model_dir resumes after the epoch it stopped at.
-    second = run_train(*common, "--epochs=2")
+
+def test_a_finished_run_continues_to_more_epochs(cli_runs):
+    second, model_dir = cli_runs["continue"], cli_runs["dirs"]["continued"]
     assert second.returncode == 0, second.stderr[-3000:]
     assert "Epoch 1/2" not in second.stdout + second.stderr
     history = json.loads((model_dir / "history.json").read_text())
@@ -67,19 +144,14 @@ def test_train_writes_everything_and_resumes(records, tmp_path):
     assert (model_dir / "checkpoints/epoch_002.keras").is_file()
 
     model = keras.models.load_model(model_dir / "model.keras")
-    batch = np.random.default_rng(0).random((3, 64, 64, 3), dtype=np.float32)
+    batch = np.random.default_rng(0).random((3, 32, 32, 3), dtype=np.float32)
     probabilities = model.predict(batch, verbose=0)
     assert probabilities.shape == (3, 1)
     assert np.all((probabilities >= 0) & (probabilities <= 1))
 
 
-def test_train_on_device_with_mixed_precision_and_xla(records, tmp_path):
-    model_dir = tmp_path / "device"
-    result = run_train(
-        f"--records={records}", f"--model_dir={model_dir}", "--batch_size=6", "--image_size=64",
-        "--epochs=1", "--augment_on=device", "--mixed_precision", "--jit_compile", "--nocache",
-        "--profile_batches=1,2",
-    )
+def test_train_on_device_with_mixed_precision_and_xla(cli_runs):
+    result, model_dir = cli_runs["device"], cli_runs["dirs"]["device"]
     assert result.returncode == 0, result.stderr[-3000:]
     # CPU only: both GPU settings are warned about, naming their measured cost.
     assert "--mixed_precision on a machine without a GPU" in result.stderr
@@ -93,14 +165,53 @@ def test_train_on_device_with_mixed_precision_and_xla(records, tmp_path):
     assert model.output.dtype == "float32"
 
 
-def test_train_rejects_missing_records(tmp_path):
-    result = run_train(f"--records={tmp_path / 'nowhere'}", f"--model_dir={tmp_path / 'm'}", "--epochs=1")
-    assert result.returncode != 0
-    assert "convert.py" in result.stderr.strip().splitlines()[-1]
+# --------------------------------------------------------------------------
+# Reruns and bad input: answered in one line, nothing trained.
 
-    result = run_train("--epochs=1")
-    assert result.returncode != 0
-    assert result.stderr.strip().splitlines()[-1].startswith("train.py: error: --records")
+
+def test_a_finished_run_says_so_and_trains_nothing(first_run, cli_runs):
+    again = cli_runs["finished"]
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "already holds a finished run of 1 epochs" in again.stdout
+    assert "Epoch" not in again.stdout + again.stderr
+    assert (first_run["model_dir"] / "results.json").read_bytes() == first_run["results.json"]
+
+
+def test_a_resume_with_other_settings_or_records_is_refused(first_run, cli_runs):
+    other_batch = cli_runs["other batch"]
+    assert other_batch.returncode == 1
+    assert our_stderr_lines(other_batch.stderr)[-1].startswith("train.py: error: --model_dir")
+    assert "batch_size: 6 -> 4" in other_batch.stderr
+
+    mixed = cli_runs["other records"]
+    assert mixed.returncode == 1
+    assert "records:" in mixed.stderr and "delete" in mixed.stderr
+    assert (first_run["model_dir"] / "history.json").read_bytes() == first_run["history.json"]  # nothing trained
+
+
+def test_missing_records_are_one_line_errors(cli_runs):
+    missing = cli_runs["no records folder"]
+    assert missing.returncode != 0
+    assert "convert.py" in missing.stderr.strip().splitlines()[-1]
+
+    unset = cli_runs["no --records"]
+    assert unset.returncode != 0
+    assert unset.stderr.strip().splitlines()[-1].startswith("train.py: error: --records")
+
+
+@pytest.mark.parametrize("flag", [*BAD_FLAGS, "genuine"])
+def test_bad_flags_are_one_line_and_exit_1(cli_runs, flag):
+    result = cli_runs[flag]
+    words = BAD_FLAGS[GENUINE_BAD_FLAG if flag == "genuine" else flag]
+    assert result.returncode == 1, (flag, result.stderr[-2000:])
+    lines = our_stderr_lines(result.stderr)
+    assert len(lines) == 1 and lines[0].startswith("train.py: error: ") and words in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not cli_runs["dirs"]["never"].exists()
+
+
+# --------------------------------------------------------------------------
+# Settings.
 
 
 def test_gpu_extra_pins_the_same_tensorflow():

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from conftest import run_cli_cases
 from pipeline import schema
 from pipeline import verify
 from test_read_faults import (
@@ -22,7 +23,6 @@ from test_read_faults import (
     record_starts,
     record_with,
     rewrite_record,
-    run_verify,
     set_bytes,
     shard_file,
 )
@@ -220,18 +220,58 @@ def test_report_lines_and_the_cap_per_shard(damaged, monkeypatch):
 
 
 # --------------------------------------------------------------------------
-# verify.py
+# verify.py: three runs of its command line in one child process.
 
 
-def test_verify_py_exits_0_on_a_sound_folder(records):
-    result = run_verify(f"--records={records}")
+def _damage_everywhere(damaged: Path) -> list[tuple[Path, int, str]]:
+    """Faults of test_read_faults.py, all in one folder: (shard, record, what verify says)."""
+    train = [shard_file(damaged, "train", k) for k in range(3)]
+    validation = [shard_file(damaged, "validation", k) for k in range(3)]
+    cut_shard(train[0], record_starts(train[0])[-2])
+    cut_shard(train[1], record_starts(train[1])[-2] + 5)
+    rewrite_record(damaged, "train", 2, 1, record_with(damaged, "train", 2, 1, label=7))
+    cut_shard(validation[0], record_starts(validation[0])[1] + 30)
+    lower_count(damaged, "validation", 1)
+    set_bytes(validation[2], [40], [0x20 ^ validation[2].read_bytes()[40]])
+    return [
+        (train[0], 3, "missing"),
+        (train[1], 3, "cut short"),
+        (train[2], 1, "label 7 is not a class index"),
+        (validation[0], 1, "unreadable: truncated record"),
+        (validation[1], 1, "extra: the manifest says 1 records, the shard holds 2"),
+        (validation[2], 0, "unreadable: corrupted record"),
+    ]
+
+
+@pytest.fixture(scope="module")
+def verify_py(records, tmp_path_factory) -> dict:
+    """name -> CompletedProcess of verify.py: on the sound folder, on a damaged copy, without flags."""
+    damaged = copy_records(records, tmp_path_factory.mktemp("verify_py") / "records")
+    expected = _damage_everywhere(damaged)
+    cases = {"sound": [f"--records={records}"], "damaged": [f"--records={damaged}"], "no flags": []}
+    runs = dict(zip(cases, run_cli_cases("verify.py", list(cases.values()))))
+    return {**runs, "damaged_dir": damaged, "expected": expected}
+
+
+def test_verify_py_exits_0_on_a_sound_folder(records, verify_py):
+    result = verify_py["sound"]
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0].startswith(f"{records}: 18 records in 6 shards")
     assert result.stdout.strip().endswith(": OK")
 
 
-def test_verify_py_without_records_is_a_one_line_error():
-    result = run_verify()
+def test_verify_py_names_every_bad_shard_and_record(verify_py):
+    result, damaged = verify_py["damaged"], verify_py["damaged_dir"]
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"{damaged}: ") and lines[0].endswith("problems")
+    for path, index, reason in verify_py["expected"]:
+        assert any(f"{path.name}: record {index}: {reason}" in line for line in lines), (path.name, lines)
+    assert result.stderr.strip().splitlines()[-1] == f"verify.py: error: {len(lines) - 1} problems in {damaged}"
+
+
+def test_verify_py_without_records_is_a_one_line_error(verify_py):
+    result = verify_py["no flags"]
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("verify.py: error: ")
     assert "records" in result.stderr.strip().splitlines()[-1]

@@ -32,6 +32,7 @@ from conftest import (
     read_records,
     save_image,
 )
+from pipeline import decoders
 from pipeline import out_dir
 from pipeline import schema
 from pipeline import sharding
@@ -669,6 +670,39 @@ def test_ctrl_c_during_the_move_comes_after_the_whole_new_set(split_tree, tmp_pa
     assert _shard_files(out) == sorted(s.filename for info in manifest.splits.values() for s in info.shards)
     assert len(_shard_files(out)) == 6
     assert not _partial_folders(out)
+
+
+# --------------------------------------------------------------------------
+# The decoding pool.
+
+
+def _square(x: int) -> int:
+    return x * x
+
+
+def test_the_decoding_pool_holds_a_bounded_number_of_images():
+    """Pool.imap took every image at once and kept every result not yet written."""
+    taken = []
+
+    def images():
+        for i in range(300):
+            taken.append(i)
+            yield i
+
+    bound = (2 * decoders.CHUNKS_PER_WORKER + 1) * decoders.CHUNK
+    with decoders.fork_pool(2) as pool:
+        for written, result in enumerate(decoders.bounded_imap(pool, _square, 2, images())):
+            assert result == written * written  # in order
+            assert len(taken) - written <= bound, (len(taken), written)
+    assert len(taken) == 300
+
+
+def test_the_pool_and_one_process_write_the_same_shards(split_tree, split_records, tmp_path):
+    records_dir, _ = split_records
+    convert(split_tree.root, tmp_path / "pooled", workers=3)
+    assert {name: (records_dir / name).read_bytes() for name in _shard_files(records_dir)} == {
+        name: (tmp_path / "pooled" / name).read_bytes() for name in _shard_files(tmp_path / "pooled")
+    }
 
 
 # --------------------------------------------------------------------------

@@ -1,0 +1,262 @@
+"""Conversion at scale on one machine: speed against decoding, and memory.
+
+For a large folder (copies of the given photos, as many as asked):
+
+- the machine's parallel decode rate for those files: one process per
+  worker, each reading a file and decoding it fully with Pillow, the work
+  the converter cannot avoid;
+- `convert.py` on them, in a subprocess: images/s (the converter's own
+  figure, verification apart and included) and the peak resident memory of
+  its process tree (the launcher and its decoders; proportional set size, so
+  pages shared since the fork count once), sampled;
+- the same conversion on a fraction of the files, to show whether the peak
+  grows with the number of files;
+- streaming the records for training with the cache off: resident memory
+  after each epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import itertools
+import multiprocessing
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+import psutil
+from PIL import Image
+
+from benchmark import timing
+from pipeline import augment
+from pipeline import dataset
+from pipeline import plots
+from pipeline import sources
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclasses.dataclass(frozen=True)
+class ConversionRun:
+    """One `convert.py` run, seen from outside."""
+
+    images: int
+    seconds: float  # the converter's own figure, verification included
+    verify_seconds: float
+    peak_mib: float  # proportional set size of the launcher and its decoders
+    memory_timeline: tuple[tuple[float, float], ...]  # (seconds since start, MiB)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds
+
+    @property
+    def images_per_second_before_verify(self) -> float:
+        return self.images / (self.seconds - self.verify_seconds)
+
+
+def copy_photos(src: str, dst: str, count: int) -> int:
+    """Fills `dst/train/<class>/` with `count` copies of the photos of `src`, in turn.
+
+    Copies, not links: the converter counts each real file once.
+
+    Returns:
+      The number of files written.
+    """
+    scan = sources.scan_image_folder(src)
+    by_class: dict[str, list[sources.SourceImage]] = {}
+    for image in (image for images in scan.splits.values() for image in images):
+        by_class.setdefault(image.class_name, []).append(image)
+    # Classes in turn, so that any count holds every class.
+    originals = [image for row in itertools.zip_longest(*by_class.values()) for image in row if image]
+    if not originals:
+        raise ValueError(f"no images under {src}")
+    for index in range(count):
+        image = originals[index % len(originals)]
+        folder = os.path.join(dst, "train", image.class_name)
+        os.makedirs(folder, exist_ok=True)
+        stem, ext = os.path.splitext(os.path.basename(image.path))
+        shutil.copyfile(image.path, os.path.join(folder, f"{stem}.{index:06d}{ext}"))
+    return count
+
+
+def _decode_file(path: str) -> int:
+    with open(path, "rb") as f:
+        data = f.read()
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+    return 1
+
+
+def parallel_decode_rate(folder: str, workers: int) -> float:
+    """Images/s of reading and fully decoding every file under `folder` in `workers` processes."""
+    paths = [os.path.join(d, name) for d, _, names in os.walk(folder) for name in names]
+    context = multiprocessing.get_context("fork")
+    with context.Pool(workers) as pool:
+        started = time.perf_counter()
+        done = sum(pool.imap_unordered(_decode_file, paths, chunksize=64))
+        return done / (time.perf_counter() - started)
+
+
+def _tree_memory_mib(process: psutil.Process) -> float:
+    """The proportional set size (PSS) of `process` and its children, summed.
+
+    Forked decoders share their parent's pages: resident sizes would count
+    them once per process, proportional sizes count them once in all.
+    """
+    try:
+        members = [process, *process.children(recursive=True)]
+    except psutil.Error:  # the converter just ended
+        return 0.0
+    total = 0
+    for member in members:
+        try:
+            total += member.memory_full_info().pss
+        except psutil.Error:  # a decoder that just ended
+            pass
+    return total / timing.MIB
+
+
+def run_converter(src: str, out: str, workers: int, interval: float = 0.05) -> ConversionRun:
+    """`convert.py --src src --out out`, its memory sampled every `interval` seconds.
+
+    Raises:
+      RuntimeError: the conversion failed (its stderr's last line).
+    """
+    command = [
+        sys.executable, os.path.join(REPO, "convert.py"), f"--src={src}", f"--out={out}",
+        f"--workers={workers}", "--overwrite",
+    ]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process, timeline, started = psutil.Process(child.pid), [], time.perf_counter()
+
+    def sample() -> None:
+        while child.poll() is None:
+            if mib := _tree_memory_mib(process):
+                timeline.append((time.perf_counter() - started, mib))
+            time.sleep(interval)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    stdout, stderr = child.communicate()
+    sampler.join()
+    if child.returncode != 0:
+        raise RuntimeError(f"convert.py failed: {(stderr.strip().splitlines() or ['?'])[-1]}")
+    images = int(re.search(r"Wrote (\d+) images", stdout).group(1))
+    seconds, verify_seconds = (
+        float(x) for x in re.search(r"in ([\d.]+) s \(.*verified.* in ([\d.]+) s", stdout).groups()
+    )
+    return ConversionRun(images, seconds, verify_seconds, max(mib for _, mib in timeline), tuple(timeline))
+
+
+def streaming_memory(records: str, epochs: int, batch_size: int = 20) -> list[float]:
+    """Resident MiB of this process after each training epoch over `records`, cache off."""
+    config = dataset.InputConfig(batch_size=batch_size, augmentation=augment.NOTEBOOK_AUGMENTATION, cache=False)
+    return timing.streaming_rss_mib(dataset.train_dataset(records, config), epochs)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConversionBenchmark:
+    images: int
+    workers: int
+    decode_rate: float
+    full: ConversionRun
+    fraction: ConversionRun  # the same photos, fewer of them
+    streaming_rss_mib: tuple[float, ...]
+
+    @property
+    def conversion_vs_decode(self) -> float:
+        return self.full.images_per_second / self.decode_rate
+
+
+def log_to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run(
+    photos: str,
+    work_dir: str,
+    images: int,
+    workers: int,
+    epochs: int,
+    log: Callable[[str], None],
+    fraction: float = 0.2,
+) -> ConversionBenchmark:
+    """Builds the folders under `work_dir` and measures; see the module docstring."""
+    small, large = os.path.join(work_dir, "small"), os.path.join(work_dir, "large")
+    for folder, count in ((small, max(2, int(images * fraction))), (large, images)):
+        if not os.path.isdir(folder):
+            log(f"copying {count} photos to {folder}")
+            copy_photos(photos, folder, count)
+    log(f"decoding {images} files in {workers} processes")
+    parallel_decode_rate(large, workers)  # a first pass to put the files in the page cache
+    decode_rate = parallel_decode_rate(large, workers)
+    log("converting the smaller folder")
+    fraction_run = run_converter(small, os.path.join(work_dir, "records_small"), workers)
+    log("converting the large folder")
+    records = os.path.join(work_dir, "records")
+    full_run = run_converter(large, records, workers)
+    log(f"streaming {epochs} epochs, cache off")
+    streaming = streaming_memory(records, epochs)
+    return ConversionBenchmark(images, workers, decode_rate, full_run, fraction_run, tuple(streaming))
+
+
+def format_report(result: ConversionBenchmark) -> str:
+    full, small = result.full, result.fraction
+    rows = [
+        f"parallel decode, {result.workers} processes: {result.decode_rate:,.0f} images/s",
+        f"convert {full.images:,} images: {full.images_per_second:,.0f} images/s with verification "
+        f"({full.images_per_second_before_verify:,.0f} before it, verify {full.verify_seconds:.1f} s): "
+        f"{result.conversion_vs_decode:.2f} of the decode rate",
+        f"peak memory of the converter: {full.peak_mib:,.0f} MiB for {full.images:,} images, "
+        f"{small.peak_mib:,.0f} MiB for {small.images:,}",
+        "streaming, cache off, MiB after each epoch: " + ", ".join(f"{m:,.0f}" for m in result.streaming_rss_mib),
+    ]
+    return "\n".join(rows)
+
+
+def to_json(result: ConversionBenchmark) -> dict:
+    def run_json(run: ConversionRun) -> dict:
+        return {
+            "images": run.images,
+            "seconds": run.seconds,
+            "verify_seconds": run.verify_seconds,
+            "images_per_second": run.images_per_second,
+            "images_per_second_before_verify": run.images_per_second_before_verify,
+            "peak_pss_mib": run.peak_mib,
+            "pss_timeline": [list(point) for point in run.memory_timeline],
+        }
+
+    return {
+        "images": result.images,
+        "workers": result.workers,
+        "decode_images_per_second": result.decode_rate,
+        "conversion_vs_decode": result.conversion_vs_decode,
+        "conversion": run_json(result.full),
+        "conversion_smaller": run_json(result.fraction),
+        "streaming_rss_mib_per_epoch": list(result.streaming_rss_mib),
+    }
+
+
+def memory_panels(result: ConversionBenchmark) -> list[plots.LinePanel]:
+    """The converter's memory over time, and streaming memory per epoch."""
+    full, small = result.full, result.fraction
+    return [
+        plots.LinePanel(
+            "Converter memory (launcher + decoders)", "seconds", "proportional set size, MiB",
+            {
+                f"{full.images:,} images": tuple(zip(*full.memory_timeline)),
+                f"{small.images:,} images": tuple(zip(*small.memory_timeline)),
+            },
+        ),
+        plots.LinePanel(
+            "Streaming for training, cache off", "epoch", "resident MiB after the epoch",
+            {"train_dataset": (tuple(range(1, len(result.streaming_rss_mib) + 1)), result.streaming_rss_mib)},
+        ),
+    ]

@@ -1,0 +1,271 @@
+"""Resuming an interrupted local conversion: `convert.py --resume`.
+
+Beside its shards, a conversion's scratch folder keeps its bookkeeping in the
+hidden folder `.resume/` (which the swap leaves behind):
+
+    plan.json        what defines the output: a SHA-256 fingerprint of the
+                     converter version, the stored size, the pixel limit, the
+                     classes and every planned shard with its source files
+                     (path, label, size, modification time); and the settings,
+                     to say which one differs
+    <shard>.json     one per finished shard, written once the shard file is
+                     closed: its count, bytes, class counts and skipped files
+
+A run with --resume takes the scratch folder of a dead run (`out_dir`'s rule:
+this host, a PID that has ended) whose fingerprint is its own, checks every
+shard with a sidecar against it (`verify.find_damage`: size, count and every
+record's CRC), keeps those that pass and writes the others again. The
+decoders and the shard writer are deterministic, so the result is the one an
+uninterrupted run writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import PIL
+
+from pipeline import fileio
+from pipeline import out_dir
+from pipeline import schema
+from pipeline import sharding
+from pipeline import storage
+from pipeline import verify
+
+BOOKKEEPING = ".resume"  # hidden: the swap moves only the records
+PLAN_FILENAME = "plan.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardResult:
+    """What one finished shard holds: what its sidecar records."""
+
+    split: str
+    info: schema.ShardInfo
+    class_counts: dict[str, int]
+    skipped: tuple[dict[str, str], ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "ShardResult":
+        return cls(
+            data["split"],
+            schema.ShardInfo(**data["info"]),
+            dict(data["class_counts"]),
+            tuple(dict(skip) for skip in data["skipped"]),
+        )
+
+
+def gather_split(
+    name: str, results: Sequence[ShardResult], class_names: Sequence[str]
+) -> tuple[schema.SplitInfo, list[dict[str, str]]]:
+    """A split's SplitInfo and skipped files, from its shards' results in order."""
+    class_counts = dict.fromkeys(class_names, 0)
+    skipped = []
+    for result in results:
+        for class_name, count in result.class_counts.items():
+            class_counts[class_name] += count
+        skipped += result.skipped
+    return schema.SplitInfo(name, tuple(result.info for result in results), class_counts), skipped
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """A conversion's fingerprint, and the settings that explain a mismatch."""
+
+    fingerprint: str
+    settings: dict[str, Any]
+
+
+def make_plan(
+    plans: Sequence[sharding.SplitPlan],
+    class_names: Sequence[str],
+    stored_size: tuple[int, int] | None,
+    max_pixels: int,
+    settings: dict[str, Any],
+) -> Plan:
+    """The fingerprint of everything that decides the shards' bytes.
+
+    Args:
+      plans: the splits' shard plans (image order, shard names, dataset name).
+      class_names: the label order.
+      stored_size, max_pixels: as convert_folder takes them.
+      settings: flag name -> value, kept to name what differs.
+    """
+    digest = hashlib.sha256()
+    head = {
+        "converter": f"schema {schema.SCHEMA_VERSION}, Pillow {PIL.__version__}",
+        "stored_size": stored_size,
+        "max_pixels": max_pixels,
+        "class_names": list(class_names),
+    }
+    digest.update(json.dumps(fileio.normalize_json(head), sort_keys=True).encode())
+    for plan in plans:
+        for filename, images in plan.shards():
+            files = [[im.path, im.relpath, im.label, im.size, im.mtime_ns] for im in images]
+            digest.update(json.dumps([plan.name, filename, files]).encode())
+    return Plan(digest.hexdigest(), fileio.normalize_json(settings))
+
+
+def _bookkeeping(scratch: str, name: str) -> str:
+    return os.path.join(scratch, BOOKKEEPING, name)
+
+
+def write_plan(scratch: str, plan: Plan) -> None:
+    fileio.write_json(_bookkeeping(scratch, PLAN_FILENAME), dataclasses.asdict(plan))
+
+
+def read_plan(scratch: str) -> Plan | None:
+    """The plan of a scratch folder; None if it has none that reads."""
+    path = _bookkeeping(scratch, PLAN_FILENAME)
+    try:
+        data = fileio.read_json(path) if storage.exists(path) else None
+        return Plan(str(data["fingerprint"]), dict(data["settings"])) if data else None
+    except (ValueError, KeyError, TypeError, OSError):
+        return None
+
+
+def write_result(scratch: str, result: ShardResult) -> None:
+    """The sidecar of a shard just closed: from now on the shard counts as finished."""
+    fileio.write_json(_bookkeeping(scratch, result.info.filename + ".json"), result.to_json())
+
+
+def read_results(scratch: str, filenames: Iterable[str]) -> dict[str, ShardResult]:
+    """filename -> ShardResult of the shards with a sidecar that reads."""
+    results = {}
+    for filename in filenames:
+        path = _bookkeeping(scratch, filename + ".json")
+        try:
+            if storage.exists(path):
+                result = ShardResult.from_json(fileio.read_json(path))
+                if result.info.filename == filename:
+                    results[filename] = result
+        except (ValueError, KeyError, TypeError, OSError):
+            pass  # written again
+    return results
+
+
+def _flag(value: Any) -> str:
+    """A setting as a flag value: [150, 150] -> 150,150; None -> (default)."""
+    if value is None:
+        return "(default)"
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def _differences(old: Plan, new: Plan) -> str:
+    """What differs between two plans, for one line."""
+    changed = [
+        f"--{key}={_flag(old.settings.get(key))} (now {_flag(new.settings.get(key))})"
+        for key in sorted(set(old.settings) | set(new.settings))
+        if old.settings.get(key) != new.settings.get(key)
+    ]
+    if changed:
+        return "was started with " + ", ".join(changed)
+    return (
+        "was started on other source files (added, removed or changed since) "
+        "or by another converter version"
+    )
+
+
+def _say(message: str) -> None:
+    print(f"--resume: {message}", file=sys.stderr)
+
+
+def find(out: str, plan: Plan) -> str | None:
+    """The scratch folder in `out` that a dead run with this plan left, or None, saying why.
+
+    Of several, the one with the most finished shards.
+    """
+    candidates = out_dir.stale_scratch(out)
+    plans = {name: read_plan(os.path.join(out, name)) for name in candidates}
+    matching = [name for name, found in plans.items() if found and found.fingerprint == plan.fingerprint]
+    if matching:
+        return max(matching, key=lambda name: len(storage.listdir(os.path.join(out, name, BOOKKEEPING))))
+    if not candidates:
+        _say(f"no interrupted conversion in {out}: converting from the start")
+    else:
+        name, found = next(((n, p) for n, p in plans.items() if p), (candidates[0], None))
+        why = _differences(found, plan) if found else "has no plan (an older converter's)"
+        _say(f"{name} {why}: converting from the start")
+    return None
+
+
+def verified_results(
+    scratch: str,
+    plans: Sequence[sharding.SplitPlan],
+    class_names: Sequence[str],
+    dataset_name: str,
+) -> dict[str, ShardResult]:
+    """The finished shards of an adopted scratch folder that pass the check, by file name.
+
+    Every planned shard with a sidecar is checked against it as verify.py
+    checks a records folder (`find_damage`: the file's size, its record
+    count, every record's CRC), through a provisional manifest of those
+    shards. A shard that fails, or has no sidecar, is left to be written
+    again, and its sidecar removed.
+    """
+    filenames = [filename for plan in plans for filename, _ in plan.shards()]
+    results = read_results(scratch, filenames)
+    splits = {}
+    for plan in plans:
+        mine = [results[f] for f, _ in plan.shards() if f in results and results[f].split == plan.name]
+        if mine:
+            splits[plan.name] = gather_split(plan.name, mine, class_names)[0]
+    kept: dict[str, ShardResult] = {}
+    if splits:
+        manifest = schema.Manifest(dataset_name, tuple(class_names), splits, None, scratch)
+        schema.write_manifest(scratch, manifest)
+        report = verify.find_damage(scratch)
+        storage.remove(os.path.join(scratch, schema.MANIFEST_FILENAME))
+        damaged = set(report.by_file())
+        if schema.MANIFEST_FILENAME not in damaged:
+            kept = {
+                shard.filename: results[shard.filename]
+                for split in splits.values()
+                for shard in split.shards
+                if shard.filename not in damaged
+            }
+    for filename in set(results) - set(kept):
+        storage.remove(_bookkeeping(scratch, filename + ".json"))
+    return kept
+
+
+def open_scratch(
+    out: str,
+    plan: Plan,
+    resume: bool,
+    plans: Sequence[sharding.SplitPlan],
+    class_names: Sequence[str],
+    dataset_name: str,
+) -> tuple[str, dict[str, ShardResult]]:
+    """This run's scratch folder in `out`, and the shards it already holds.
+
+    With `resume`, a dead run's folder of the same plan, renamed to this
+    run's, with its shards that pass the check; else (or if there is none) a
+    new folder. Either way the other stale scratch folders are removed, and
+    the plan is written for a later --resume.
+    """
+    found = find(out, plan) if resume else None
+    out_dir.remove_stale_scratch(out, keep=found)
+    scratch, kept = None, {}
+    if found:
+        try:
+            scratch = out_dir.adopt_scratch(os.path.join(out, found), out)
+        except OSError as e:  # another run took it first
+            _say(f"cannot take over {found} ({e}): converting from the start")
+    if scratch is None:
+        scratch = out_dir.make_scratch(out)
+        write_plan(scratch, plan)
+        return scratch, kept
+    kept = verified_results(scratch, plans, class_names, dataset_name)
+    total = sum(len(plan.shard_filenames) for plan in plans)
+    _say(f"kept {len(kept)} of {total} shards of {found} (checked); converting the rest")
+    return scratch, kept

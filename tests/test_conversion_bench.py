@@ -1,0 +1,48 @@
+"""The conversion benchmark's parts (`benchmark/conversion.py`), on a tiny generated tree."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from benchmark import conversion
+from conftest import make_image_tree
+from pipeline import plots, schema
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    return make_image_tree(tmp_path_factory.mktemp("photos") / "src", "flat", {"cats": 3, "dogs": 2})
+
+
+def test_copies_are_real_files_in_every_class(photos, tmp_path):
+    assert conversion.copy_photos(str(photos.root), str(tmp_path / "big"), 7) == 7
+    files = {c: sorted(os.listdir(tmp_path / "big" / "train" / c)) for c in ("cats", "dogs")}
+    assert (len(files["cats"]), len(files["dogs"])) == (4, 3)  # classes in turn
+    inodes = {os.stat(tmp_path / "big" / "train" / c / f).st_ino for c in files for f in files[c]}
+    assert len(inodes) == 7  # copies: the converter would take a link's file once
+
+
+def test_decode_rate_and_a_measured_conversion(photos, tmp_path):
+    conversion.copy_photos(str(photos.root), str(tmp_path / "big"), 12)
+    assert conversion.parallel_decode_rate(str(tmp_path / "big"), workers=2) > 0
+
+    run = conversion.run_converter(str(tmp_path / "big"), str(tmp_path / "records"), workers=2, interval=0.01)
+    assert run.images == 12 == schema.read_manifest(str(tmp_path / "records")).splits["train"].num_examples
+    assert 0 < run.verify_seconds < run.seconds
+    assert run.memory_timeline and run.peak_mib == max(m for _, m in run.memory_timeline) > 0
+
+    streaming = conversion.streaming_memory(str(tmp_path / "records"), epochs=2, batch_size=4)
+    assert len(streaming) == 2 and min(streaming) > 0
+    result = conversion.ConversionBenchmark(12, 2, 100.0, run, run, tuple(streaming))
+    assert conversion.to_json(result)["conversion"]["images"] == 12
+    assert "of the decode rate" in conversion.format_report(result)
+    png = plots.plot_line_panels(conversion.memory_panels(result), str(tmp_path / "memory.png"))
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_failed_conversion_is_an_error_with_its_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RuntimeError, match="convert.py failed: convert.py: error: "):
+        conversion.run_converter(str(tmp_path / "empty"), str(tmp_path / "records"), workers=1)

@@ -1,0 +1,202 @@
+"""convert.py --resume: an interrupted conversion keeps its finished shards, and ends as an uninterrupted one.
+
+One `python convert.py` is killed (SIGKILL, by its PID) once a few shards are
+finished (their sidecars are in the scratch folder); `--resume` must keep
+those files as they are and write the others, and the folder must then equal,
+byte for byte, one converted without interruption. A copy of the scratch
+folder the kill left serves the in-process cases: a changed flag or file, a
+damaged shard, nothing to resume. Waits are bounded by PATIENCE, a guard
+against hanging, not a measurement.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO_ROOT, convert, make_image_tree
+from pipeline import out_dir
+from pipeline import resume as resume_lib
+from pipeline import writer
+
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+TF_LOG_PREFIXES = ("WARNING: All log messages", "I0000", "E0000", "W0000")
+PATIENCE = 300  # seconds
+# 120 distinct flat images of 800x800: a few ms each to decode, so the run is
+# caught with most of its 24 shards to go; train 96 in 12 shards, validation
+# 24 in 12.
+COUNTS = {"cats": 60, "dogs": 60}
+SIZE = (800, 800)
+FLAGS = {"num_shards": 12, "image_size": (16, 16), "validation_fraction": 0.2, "workers": 1}
+NUM_SHARDS = 24
+KILL_AFTER = 3  # finished shards
+
+
+def _cli_flags(**changes) -> list[str]:
+    values = {**FLAGS, **changes}
+    return [
+        f"--{name}={value[0] if name == 'image_size' else value}" for name, value in values.items()
+    ]
+
+
+def _start(src: Path, out: Path, *flags: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "convert.py", f"--src={src}", f"--out={out}", *flags],
+        cwd=REPO_ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def _our_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.strip() and not line.startswith(TF_LOG_PREFIXES)]
+
+
+def _scratch_folders(out: Path) -> list[Path]:
+    return [p for p in out.iterdir() if p.name.startswith(out_dir.SCRATCH_PREFIX)] if out.is_dir() else []
+
+
+def _finished(scratch: Path) -> list[str]:
+    """The shards of a scratch folder with a sidecar."""
+    try:
+        names = os.listdir(scratch / resume_lib.BOOKKEEPING)
+    except FileNotFoundError:
+        return []
+    sidecars = [n for n in names if n.endswith(".json") and n != resume_lib.PLAN_FILENAME]
+    return sorted(n.removesuffix(".json") for n in sidecars)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    info = path.stat()
+    return info.st_ino, info.st_mtime_ns
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    return make_image_tree(tmp_path_factory.mktemp("resume") / "pets", "flat", COUNTS, SIZE).root
+
+
+@pytest.fixture(scope="module")
+def reference(tree, tmp_path_factory) -> dict[str, bytes]:
+    """The files of an uninterrupted conversion."""
+    out = tmp_path_factory.mktemp("reference") / "records"
+    convert(tree, out, **FLAGS)
+    return _files(out)
+
+
+@pytest.fixture(scope="module")
+def killed(tree, tmp_path_factory):
+    """A run killed after KILL_AFTER shards: (out, its scratch folder, {finished shard: (inode, mtime)},
+    a copy of that scratch folder)."""
+    root = tmp_path_factory.mktemp("killed")
+    out = root / "records"
+    proc = _start(tree, out, *_cli_flags())
+    deadline = time.monotonic() + PATIENCE
+    while not any(len(_finished(s)) >= KILL_AFTER for s in _scratch_folders(out)):
+        assert proc.poll() is None, f"convert.py ended before it was killed: {proc.communicate()}"
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"convert.py wrote no {KILL_AFTER} shards: {proc.communicate()}")
+        time.sleep(0.002)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=PATIENCE)
+    (scratch,) = _scratch_folders(out)
+    finished = {name: _identity(scratch / name) for name in _finished(scratch)}
+    assert KILL_AFTER <= len(finished) < NUM_SHARDS, finished
+    copy = root / "copy" / scratch.name
+    shutil.copytree(scratch, copy)
+    return out, scratch, finished, copy
+
+
+def _out_with(copy: Path, tmp_path: Path) -> Path:
+    """A records folder holding (a copy of) the killed run's scratch folder, as the kill left it."""
+    out = tmp_path / "records"
+    shutil.copytree(copy, out / copy.name)
+    return out
+
+
+def test_resume_keeps_the_finished_shards_and_equals_an_uninterrupted_run(tree, killed, reference):
+    out, scratch, finished, _ = killed
+    resumed = _start(tree, out, *_cli_flags(), "--resume")
+    stdout, stderr = resumed.communicate(timeout=PATIENCE)
+    assert resumed.returncode == 0, stderr
+    assert _our_lines(stderr) == [
+        f"--resume: kept {len(finished)} of {NUM_SHARDS} shards of {scratch.name} (checked); converting the rest"
+    ]
+    assert stdout.startswith(f"Wrote 120 images to {out}")
+    assert _files(out) == reference  # shards, manifest and TFDS metadata, byte for byte
+    assert sorted(p.name for p in out.iterdir()) == sorted(reference)  # no scratch folder left
+    for name, identity in finished.items():
+        assert _identity(out / name) == identity, f"{name} was written again"
+
+
+
+@pytest.mark.parametrize("change", ["flag", "file"])
+def test_resume_after_a_change_converts_from_the_start(tree, killed, tmp_path, capsys, change):
+    *_, copy = killed
+    out = _out_with(copy, tmp_path)
+    flags = dict(FLAGS)
+    if change == "flag":
+        flags["seed"] = 1
+        why = "was started with --seed=0 (now 1)"
+    else:
+        touched = tree / "cats" / "cats.000.jpg"
+        times = touched.stat()
+        os.utime(touched, ns=(times.st_atime_ns, times.st_mtime_ns + 10**9))
+        why = "was started on other source files"
+    try:
+        summary = convert(tree, out, resume=True, **flags)
+    finally:
+        if change == "file":
+            os.utime(touched, ns=(times.st_atime_ns, times.st_mtime_ns))
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].startswith(f"--resume: {copy.name} {why}")
+    assert lines[0].endswith(": converting from the start")
+    assert lines[1].startswith(f"removed 1 scratch folder(s) that interrupted conversions left in {out}")
+    assert summary.num_images == 120
+    assert not _scratch_folders(out)
+
+
+def test_a_damaged_or_unrecorded_shard_is_written_again(tree, killed, reference, tmp_path, capsys):
+    *_, finished, copy = killed
+    out = _out_with(copy, tmp_path)
+    scratch = out / copy.name
+    damaged, unrecorded, *kept = sorted(finished)
+    data = bytearray((scratch / damaged).read_bytes())
+    data[len(data) // 2] ^= 0xFF  # a record's CRC fails, its size does not change
+    (scratch / damaged).write_bytes(bytes(data))
+    (scratch / resume_lib.BOOKKEEPING / f"{unrecorded}.json").unlink()
+    identities = {name: _identity(scratch / name) for name in kept}
+
+    convert(tree, out, resume=True, **FLAGS)
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"--resume: kept {len(kept)} of {NUM_SHARDS} shards of {copy.name}")
+    assert _files(out) == reference
+    assert {name: _identity(out / name) for name in kept} == identities
+
+
+def test_resume_with_nothing_to_resume_converts_and_says_so(tree, reference, tmp_path, capsys):
+    out = tmp_path / "records"
+    convert(tree, out, resume=True, **FLAGS)
+    assert capsys.readouterr().err.splitlines() == [
+        f"--resume: no interrupted conversion in {out}: converting from the start"
+    ]
+    assert _files(out) == reference
+
+
+def test_resume_is_refused_with_the_beam_runner(tree, tmp_path):
+    with pytest.raises(writer.ConversionError, match="--resume is not supported with --runner=beam"):
+        convert(tree, tmp_path / "records", resume=True, runner="beam")
+    with pytest.raises(writer.ConversionError, match="--runner must be local or beam, got 'spark'"):
+        convert(tree, tmp_path / "records", runner="spark")
+    assert not (tmp_path / "records").exists()
