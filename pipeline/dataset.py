@@ -341,14 +341,8 @@ def _finish(
 
 
 def scale_on_trainer(ds: tf.data.Dataset) -> tf.data.Dataset:
-    """The trainer's end of a `distributed` dataset, after `service.distribute`.
-
-    Args:
-      ds: (images `tf.uint8` [B, H, W, 3], labels) from the service.
-
-    Returns:
-      (images float32 [B, H, W, 3] in [0, 1], the same labels).
-    """
+    """After `service.distribute`: (images `tf.uint8` [B, H, W, 3], labels) from the
+    workers -> (images float32 [B, H, W, 3] in [0, 1], labels), on the trainer."""
     ds = ds.map(lambda images, labels: (transforms.scale_image(images), labels), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
