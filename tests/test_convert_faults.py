@@ -33,11 +33,15 @@ NUM_SHARDS = 40
 
 
 def _start(*args: str) -> subprocess.Popen:
-    """`python convert.py *args` in its own session, so its process group is its own."""
+    """`python convert.py *args` in its own session, so its process group is its own.
+
+    Ctrl-C is given back its default action: a shell starts background jobs
+    with it ignored, and the child would inherit that.
+    """
     return subprocess.Popen(
         [sys.executable, "convert.py", *args],
         cwd=REPO_ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True,
+        start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 

@@ -664,8 +664,13 @@ def test_ctrl_c_during_the_move_comes_after_the_whole_new_set(split_tree, tmp_pa
         return replace(src, dst)
 
     monkeypatch.setattr(os, "replace", interrupting_replace)
+    # Python's own Ctrl-C handler, even where pytest runs as a background job (SIGINT ignored).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     with pytest.raises(KeyboardInterrupt):
-        convert(split_tree.root, out, overwrite=True, num_shards=2)
+        try:
+            convert(split_tree.root, out, overwrite=True, num_shards=2)
+        finally:
+            signal.signal(signal.SIGINT, previous)
     manifest = schema.read_manifest(str(out))
     assert _shard_files(out) == sorted(s.filename for info in manifest.splits.values() for s in info.shards)
     assert len(_shard_files(out)) == 6
