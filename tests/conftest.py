@@ -237,6 +237,16 @@ def sample_records(root: Path, counts: dict, seed: int) -> Path:
     return root / "records"
 
 
+def copy_tree_to(local: Path, remote: str) -> str:
+    """Copies the folder `local` to the URL `remote` (e.g. `ram://...`); returns `remote`."""
+    for folder, _, files in os.walk(local):
+        target = remote + folder[len(str(local)):]
+        tf.io.gfile.makedirs(target)
+        for name in files:
+            tf.io.gfile.copy(os.path.join(folder, name), f"{target}/{name}")
+    return remote
+
+
 def require_cat_dog_small() -> Path:
     if not CAT_DOG_SMALL.is_dir():
         pytest.skip(f"{CAT_DOG_SMALL} is absent")

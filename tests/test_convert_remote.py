@@ -22,7 +22,7 @@ import pytest
 import tensorflow as tf
 from absl import flags
 
-from conftest import convert, make_image_tree
+from conftest import convert, copy_tree_to, make_image_tree
 from pipeline import dataset
 from pipeline import out_dir
 from pipeline import resume as resume_lib
@@ -36,15 +36,6 @@ SIZES = [(24, 32), (32, 24)]
 
 def _ram(name: str) -> str:
     return f"ram://{uuid.uuid4().hex}/{name}"
-
-
-def _copy_to_ram(local: Path, remote: str) -> str:
-    for folder, _, files in os.walk(local):
-        target = remote + folder[len(str(local)):]
-        tf.io.gfile.makedirs(target)
-        for name in files:
-            tf.io.gfile.copy(os.path.join(folder, name), f"{target}/{name}")
-    return remote
 
 
 def _files(folder: str) -> dict[str, bytes]:
@@ -119,7 +110,7 @@ def _check_records(records: str, local_records: Path, src: str) -> schema.Manife
 @pytest.mark.parametrize("workers", [1, 2])
 def test_ram_src_to_ram_out(tree, local_disk_untouched, workers):
     local, root = tree
-    src = _copy_to_ram(local.root, _ram("pets"))
+    src = copy_tree_to(local.root, _ram("pets"))
     out = _ram("records")
     # Two workers: the forked decoders read the ram:// files themselves.
     summary = convert(src, out, num_shards=2, workers=workers)
@@ -138,7 +129,7 @@ def test_local_src_to_ram_out_replaces_records_there(tree, local_disk_untouched)
 
 
 def test_out_inside_src_is_refused_on_urls_too(tree, local_disk_untouched):
-    src = _copy_to_ram(tree[0].root, _ram("pets"))
+    src = copy_tree_to(tree[0].root, _ram("pets"))
     with pytest.raises(ValueError, match="is inside --src"):
         convert(src, src + "/records")
     with pytest.raises(ValueError, match="is --src itself"):
@@ -155,7 +146,7 @@ def test_stale_scratch_on_ram_is_removed_and_an_interrupted_run_resumes(
     tree, local_disk_untouched, monkeypatch, capsys
 ):
     local, root = tree
-    src = _copy_to_ram(local.root, _ram("pets"))
+    src = copy_tree_to(local.root, _ram("pets"))
     out = _ram("records")
     stale = f"{out}/{out_dir.SCRATCH_PREFIX}{socket.gethostname()}-{_dead_pid()}-k1ll3d"
     tf.io.gfile.makedirs(stale)
@@ -191,7 +182,7 @@ def test_stale_scratch_on_ram_is_removed_and_an_interrupted_run_resumes(
 def test_convert_py_main_in_process(tree, local_disk_untouched, capsys):
     """convert.py's flags and main, on ram:// (its flags are removed again afterwards)."""
     local, root = tree
-    src = _copy_to_ram(local.root, _ram("pets"))
+    src = copy_tree_to(local.root, _ram("pets"))
     out = _ram("records")
     known = set(flags.FLAGS)
     try:

@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from conftest import make_image_tree
+from conftest import copy_tree_to, make_image_tree
 from pipeline import sources
 
 
@@ -325,15 +325,7 @@ def test_a_class_folder_linked_from_outside_is_skipped_unless_followed(tmp_path)
 
 
 def _to_ram(local) -> str:
-    import tensorflow as tf
-
-    remote = f"ram://{uuid.uuid4().hex}/{local.name}"
-    for folder, _, files in os.walk(local):
-        target = remote + folder[len(str(local)):]
-        tf.io.gfile.makedirs(target)
-        for name in files:
-            tf.io.gfile.copy(os.path.join(folder, name), f"{target}/{name}")
-    return remote
+    return copy_tree_to(local, f"ram://{uuid.uuid4().hex}/{local.name}")
 
 
 def _listing(scan, root) -> dict:
