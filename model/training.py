@@ -41,6 +41,7 @@ from pipeline import schema
 from pipeline import service
 
 _PICTURE_COUNT = 20  # the notebook's 4x5 grids
+INPUT_PICTURES = ("input_batch.png", "augmented_variants.png")
 # The cache may take this share of the memory available at start; beyond it
 # the run streams from the records (a cache that does not fit kills the run).
 CACHE_MEMORY_SHARE = 0.5
@@ -269,21 +270,22 @@ def build_model(config: TrainConfig, num_classes: int) -> keras.Model:
 
 
 def save_input_pictures(config: TrainConfig, manifest: schema.Manifest) -> None:
-    """Writes input_batch.png and augmented_variants.png, as in the notebook."""
+    """Writes the INPUT_PICTURES, as in the notebook: one training batch, augmentations of one image."""
+    batch_png, variants_png = (config.path(name) for name in INPUT_PICTURES)
     train_config, eval_config = input_configs(config, manifest.num_classes)
     pictures = dataclasses.replace(train_config, cache=False, batch_size=_PICTURE_COUNT)
     images, labels = next(iter(dataset.train_dataset(config.records, pictures)))
     label_ids = np.argmax(labels, axis=-1) if labels.ndim == 2 else np.asarray(labels).astype(int)
     plots.plot_image_grid(
         images.numpy(), [manifest.class_names[i] for i in label_ids],
-        config.path("input_batch.png"), suptitle="One training batch",
+        batch_png, suptitle="One training batch",
     )
     first = next(iter(dataset.eval_dataset(config.records, "train", dataclasses.replace(eval_config, cache=False))))
     image = tf.cast(tf.round(first[0][0] * 255.0), tf.uint8)
     variants = augment.augmented_variants(image, _PICTURE_COUNT, config.seed)
     plots.plot_image_grid(
         variants.numpy() / 255.0, [f"variant {i + 1}" for i in range(_PICTURE_COUNT)],
-        config.path("augmented_variants.png"), suptitle=f"{_PICTURE_COUNT} augmentations of one image",
+        variants_png, suptitle=f"{_PICTURE_COUNT} augmentations of one image",
     )
 
 
@@ -336,7 +338,10 @@ def train_and_evaluate(config: TrainConfig) -> dict:
     logging.info("setup:\n%s", "\n".join(f"  {key:<13} {value}" for key, value in setup.items()))
     for warning in hardware.cpu_only_warnings(found, config.mixed_precision, config.jit_compile):
         logging.warning("%s", warning)
-    save_input_pictures(config, manifest)
+    # A resumed run has the same settings (record_settings refused any other),
+    # so the pictures its first run drew still hold.
+    if done == 0 or not all(tf.io.gfile.exists(config.path(name)) for name in INPUT_PICTURES):
+        save_input_pictures(config, manifest)
     train_ds = training_input(config, manifest, cache)
     val_ds = None
     if "validation" in manifest.splits:

@@ -41,6 +41,9 @@ _MAX_PARALLEL_SHARDS = 8
 # what the interleave buffers small, whatever the size of the images.
 _BLOCK_BYTES = 1 << 20
 _MAX_BLOCK_RECORDS = 64
+# The functions mapped here are plain TF ops (no Python control flow on tensors):
+# autograph's conversion would only add ~1.5 s of start-up to each process.
+_plain = tf.autograph.experimental.do_not_convert
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,13 +182,13 @@ def _read(
     if shuffle:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     ds = ds.interleave(
-        lambda path, expected: _shard_blocks(path, expected, block),
+        _plain(lambda path, expected: _shard_blocks(path, expected, block)),
         cycle_length=min(len(files), _MAX_PARALLEL_SHARDS),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=deterministic,
     )
     ds = ds.map(
-        lambda records, index, shard: _unblock(records, index, shard, block, with_position),
+        _plain(lambda records, index, shard: _unblock(records, index, shard, block, with_position)),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=deterministic,
     )
@@ -306,7 +309,7 @@ def _decode(
         image, label = decode_example(record, config.image_size, config.dct_scaling, dtype)
         return image, check_label(label, num_classes, path, index)
 
-    return ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    return ds.map(_plain(decode), num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
 
 
 def _augment(ds: tf.data.Dataset, config: InputConfig, deterministic: bool) -> tf.data.Dataset:
@@ -317,7 +320,7 @@ def _augment(ds: tf.data.Dataset, config: InputConfig, deterministic: bool) -> t
         images, labels = batch
         return augment.augment_batch_on_host(images, batch_seed, config.augmentation, config.host_warp), labels
 
-    return tf.data.Dataset.zip(ds, seeds).map(warp, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    return tf.data.Dataset.zip(ds, seeds).map(_plain(warp), num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
 
 
 def _finish(
@@ -328,7 +331,7 @@ def _finish(
     num_classes, class_mode = manifest.num_classes, config.class_mode
     scale = (lambda images: images) if config.distributed else transforms.scale_image
     ds = ds.map(
-        lambda images, labels: (scale(images), transforms.encode_label(labels, num_classes, class_mode)),
+        _plain(lambda images, labels: (scale(images), transforms.encode_label(labels, num_classes, class_mode))),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=deterministic,
     )
@@ -343,7 +346,8 @@ def _finish(
 def scale_on_trainer(ds: tf.data.Dataset) -> tf.data.Dataset:
     """After `service.distribute`: (images `tf.uint8` [B, H, W, 3], labels) from the
     workers -> (images float32 [B, H, W, 3] in [0, 1], labels), on the trainer."""
-    ds = ds.map(lambda images, labels: (transforms.scale_image(images), labels), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(_plain(lambda images, labels: (transforms.scale_image(images), labels)),
+                num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 

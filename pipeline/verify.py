@@ -243,9 +243,11 @@ def _inspect_shards(shards: list[_Shard], decode: bool) -> dict[str, dict[int, d
         return {}
     paths = [shard.path for shard in shards]
 
+    @tf.autograph.experimental.do_not_convert  # plain TF ops: spares autograph's start-up
     def indexed(path: tf.Tensor) -> tf.data.Dataset:
         return tf.data.TFRecordDataset(path).enumerate().map(lambda i, record: (path, i, record))
 
+    @tf.autograph.experimental.do_not_convert
     def values(path: tf.Tensor, index: tf.Tensor, record: tf.Tensor) -> tuple:
         found = inspect_record(record) if decode else {"length": tf.strings.length(record)}
         return path, index, found

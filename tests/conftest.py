@@ -14,10 +14,8 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import dataclasses  # noqa: E402
-import json  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -33,6 +31,8 @@ import tensorflow as tf  # noqa: E402
 from pipeline import sample_data  # noqa: E402
 from pipeline import schema  # noqa: E402
 from pipeline import writer  # noqa: E402
+
+import warm  # noqa: E402
 
 CAT_DOG_SMALL = Path(__file__).resolve().parents[2] / "shared/data/cat_dog_small"
 
@@ -254,26 +254,13 @@ def require_cat_dog_small() -> Path:
 
 
 def run_cli_cases(script: str, cases: list[list[str]], timeout: float = 600) -> list[subprocess.CompletedProcess]:
-    """Each case of `script`'s command line, as `python script *args` would run it,
-    but all in one child process that imports TensorFlow once (tests/cli_driver.py).
+    """Each case of `script`'s command line, one after another, as `python script
+    *args` runs it, each a process forked with TensorFlow imported (tests/warm.py).
 
     Returns:
       One CompletedProcess per case: its exit status, stdout and stderr.
     """
-    with tempfile.TemporaryDirectory(prefix="cli-cases-") as scratch:
-        cases_path, results_path = Path(scratch, "cases.json"), Path(scratch, "results.json")
-        cases_path.write_text(json.dumps([[str(arg) for arg in args] for args in cases]))
-        child = subprocess.run(
-            [sys.executable, str(REPO_ROOT / "tests" / "cli_driver.py"), script, str(cases_path), str(results_path)],
-            cwd=REPO_ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
-            capture_output=True, text=True, timeout=timeout,
-        )
-        assert child.returncode == 0 and results_path.is_file(), child.stderr[-3000:]
-        results = json.loads(results_path.read_text())
-    return [
-        subprocess.CompletedProcess([script, *args], r["returncode"], r["stdout"], r["stderr"])
-        for args, r in zip(cases, results, strict=True)
-    ]
+    return [warm.run([script, *map(str, args)], timeout=timeout) for args in cases]
 
 
 # --------------------------------------------------------------------------

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import filecmp
 import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -20,7 +18,8 @@ pytest.importorskip("apache_beam")
 import tensorflow as tf  # noqa: E402
 from apache_beam.options import pipeline_options  # noqa: E402
 
-from conftest import REPO_ROOT, convert, make_image_tree, read_records, save_image  # noqa: E402
+import warm  # noqa: E402
+from conftest import convert, make_image_tree, read_records, save_image  # noqa: E402
 from pipeline import beam_writer, dataset, schema, verify, writer  # noqa: E402
 
 # Worker processes of the DirectRunner, in-process: the two ways it runs.
@@ -143,10 +142,10 @@ def test_without_beam_installed_the_error_says_how_to_get_it(tree, tmp_path, mon
 def test_convert_cli_runs_beam_with_the_options_given(tree, local_and_beam, tmp_path):
     _, beam = local_and_beam
     command = [
-        sys.executable, str(REPO_ROOT / "convert.py"), f"--src={tree.root}", "--num_shards=3",
+        "convert.py", f"--src={tree.root}", "--num_shards=3",
         "--runner=beam", "--beam_pipeline_options=" + ",".join(IN_PROCESS),
     ]
-    done = subprocess.run(command + [f"--out={tmp_path / 'cli'}", "--workers=2"], capture_output=True, text=True, timeout=300)
+    done = warm.run(command + [f"--out={tmp_path / 'cli'}", "--workers=2"], timeout=300)
     assert done.returncode == 0, done.stderr
     assert "Wrote 28 images" in done.stdout
     assert "wrote pets-train.tfrecord-00000-of-00003" in done.stderr  # progress, a line per shard

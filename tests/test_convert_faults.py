@@ -11,18 +11,16 @@ from __future__ import annotations
 import io
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from conftest import REPO_ROOT, convert, make_image_tree, read_records
+import warm
+from conftest import convert, make_image_tree, read_records
 from pipeline import out_dir
 from pipeline import schema
-from pipeline import writer
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
 # TensorFlow's C++ start-up logging, which TF_CPP_MIN_LOG_LEVEL does not silence.
@@ -32,17 +30,9 @@ PATIENCE = 300  # seconds
 NUM_SHARDS = 40
 
 
-def _start(*args: str) -> subprocess.Popen:
-    """`python convert.py *args` in its own session, so its process group is its own.
-
-    Ctrl-C is given back its default action: a shell starts background jobs
-    with it ignored, and the child would inherit that.
-    """
-    return subprocess.Popen(
-        [sys.executable, "convert.py", *args],
-        cwd=REPO_ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+def _start(*args: str) -> warm.Process:
+    """`python convert.py *args` in its own session, so its process group is its own."""
+    return warm.start(["convert.py", *args], env=ENV, new_session=True)
 
 
 def _our_lines(stderr: str) -> list[str]:
@@ -65,7 +55,7 @@ def _scratch_shards(out: Path) -> int:
         return 0
 
 
-def _wait_until(proc: subprocess.Popen, condition, what: str) -> None:
+def _wait_until(proc: warm.Process, condition, what: str) -> None:
     """Polls `condition` until it holds; fails if the run ends first or PATIENCE runs out."""
     deadline = time.monotonic() + PATIENCE
     while not condition():
@@ -83,7 +73,7 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 
 # --------------------------------------------------------------------------
-# Runs that end on their own, started together (each pays TensorFlow's import).
+# Runs that end on their own, started together.
 
 
 def _odd_tree(root: Path) -> tuple[Path, dict[str, str]]:
@@ -183,7 +173,7 @@ def big_tree(tmp_path_factory) -> Path:
     return root
 
 
-def _big_run(big_tree: Path, out: Path, *flags: str) -> subprocess.Popen:
+def _big_run(big_tree: Path, out: Path, *flags: str) -> warm.Process:
     return _start(
         f"--src={big_tree}", f"--out={out}", f"--num_shards={NUM_SHARDS}", "--image_size=32", *flags
     )

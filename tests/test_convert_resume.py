@@ -14,14 +14,13 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, convert, make_image_tree
+import warm
+from conftest import convert, make_image_tree
 from pipeline import out_dir
 from pipeline import resume as resume_lib
 from pipeline import writer
@@ -46,11 +45,8 @@ def _cli_flags(**changes) -> list[str]:
     ]
 
 
-def _start(src: Path, out: Path, *flags: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "convert.py", f"--src={src}", f"--out={out}", *flags],
-        cwd=REPO_ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+def _start(src: Path, out: Path, *flags: str) -> warm.Process:
+    return warm.start(["convert.py", f"--src={src}", f"--out={out}", *flags], env=ENV)
 
 
 def _our_lines(stderr: str) -> list[str]:

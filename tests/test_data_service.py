@@ -10,8 +10,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import warm  # noqa: E402
 from conftest import COLOUR_TOLERANCE, convert, make_image_tree, nearest_palette_colour
 from model import training
 from pipeline import augment, dataset, schema, service
@@ -42,7 +41,7 @@ class Cluster:
 
     def __init__(self):
         self.dispatcher_port = free_port()
-        self.processes: dict[str, subprocess.Popen] = {}
+        self.processes: dict[str, warm.Process] = {}
         self.worker_ports: dict[str, int] = {}
         self._start("dispatcher", "--role=dispatcher", f"--port={self.dispatcher_port}")
 
@@ -51,11 +50,8 @@ class Cluster:
         return f"grpc://127.0.0.1:{self.dispatcher_port}"
 
     def _start(self, name: str, *args: str) -> None:
-        process = subprocess.Popen(
-            [sys.executable, str(REPO / "data_service.py"), *args],
-            cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        )
-        line = process.stdout.readline()  # printed once the server listens
+        process = warm.start(["data_service.py", *args], env=_env())
+        line = next(process.lines(), "")  # printed once the server listens
         assert "listening on port" in line, (name, line)
         self.processes[name] = process
 
@@ -136,10 +132,10 @@ def test_the_distributed_dataset_warps_with_tensorflow_ops_only(tree_and_records
 def test_train_py_trains_through_the_service(tree_and_records, cluster, tmp_path):
     _, records = tree_and_records
     model_dir = tmp_path / "run"
-    result = subprocess.run(
-        [sys.executable, str(REPO / "train.py"), f"--records={records}", f"--model_dir={model_dir}",
+    result = warm.run(
+        ["train.py", f"--records={records}", f"--model_dir={model_dir}",
          f"--data_service={cluster.address}", "--batch_size=4", "--image_size=24", "--epochs=2"],
-        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600,
+        env=_env(),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"tf.data service at {cluster.address}" in result.stderr

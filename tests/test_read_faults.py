@@ -15,7 +15,6 @@ import random
 import re
 import shutil
 import struct
-import subprocess
 import sys
 import traceback
 from pathlib import Path
@@ -23,7 +22,8 @@ from pathlib import Path
 import pytest
 import tensorflow as tf
 
-from conftest import REPO_ROOT, convert, make_image_tree
+import warm  # noqa: E402
+from conftest import convert, make_image_tree
 from pipeline import dataset
 from pipeline import schema
 from pipeline import verify
@@ -329,9 +329,8 @@ def test_fuzzed_folders_fail_clearly_or_read_whole(records, tmp_path):
     process, so that a crash or a hang fails the test instead of the run."""
     manifest = schema.read_manifest(str(records))
     sizes = {split: info.num_examples for split, info in manifest.splits.items()}
-    child = subprocess.run(
-        [sys.executable, __file__, str(records), str(tmp_path), str(FUZZ_SEED), str(FUZZ_CASES)],
-        capture_output=True, text=True, timeout=240, cwd=REPO_ROOT, env=QUIET,
+    child = warm.run(
+        [__file__, str(records), str(tmp_path), str(FUZZ_SEED), str(FUZZ_CASES)], timeout=240, env=QUIET
     )
     cases = [json.loads(line) for line in child.stdout.splitlines() if line.startswith("{")]
     assert child.returncode == 0, (child.returncode, cases[-1:], child.stderr[-3000:])

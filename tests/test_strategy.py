@@ -6,12 +6,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
+import warm
 from conftest import sample_records
 from model import training
 
@@ -43,18 +43,12 @@ def driver(tmp_path_factory) -> Path:
     return path
 
 
-def _command(program: Path, *args: str) -> list[str]:
-    return [sys.executable, "-u", str(program), *args]
-
-
 def _env() -> dict:
     return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
 
 
 def _run(program: Path, *args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        _command(program, *args), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600
-    )
+    result = warm.run([program, *args], env=_env())
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -73,16 +67,14 @@ def test_mirrored_on_two_devices_learns_as_one_device_and_resumes_after_a_kill(r
     mirrored = tmp_path / "mirrored"
     args = [f"--records={records}", f"--model_dir={mirrored}", "--strategy=mirrored", *COMMON]
     # Killed by PID once the second epoch's state is backed up, then resumed.
-    process = subprocess.Popen(
-        _command(driver, *args), cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
     output = []
-    for line in process.stdout:
-        output.append(line)
-        if "the state after epoch 2 is saved" in line:
-            os.kill(process.pid, signal.SIGKILL)
-            break
-    process.wait(timeout=120)
+    with warm.start([driver, *args], env=_env(), merge_stderr=True) as process:
+        for line in process.lines():
+            output.append(line)
+            if "the state after epoch 2 is saved" in line:
+                os.kill(process.pid, signal.SIGKILL)
+                break
+        process.wait(timeout=120)
     assert process.returncode == -signal.SIGKILL, "".join(output)[-3000:]
     assert "mirrored: 2 replica(s), global batch 10" in "".join(output)
 

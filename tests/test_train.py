@@ -15,6 +15,7 @@ import keras
 import numpy as np
 import pytest
 
+import warm
 from conftest import run_cli_cases, sample_records
 from model import hardware, training
 from pipeline import augment  # noqa: F401  registers DeviceAugmentation for load_model
@@ -33,7 +34,7 @@ BAD_FLAGS = {  # flag -> words its error line must hold
     "--learning_rate=-0.1": "--learning_rate",
     "--data_service=localhost": "--data_service must be grpc://HOST:PORT",
 }
-GENUINE_BAD_FLAG = "--epochs=0"  # also run as a process of its own
+GENUINE_BAD_FLAG = "--epochs=0"  # also run in a new interpreter
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +63,7 @@ def first_run(records, tmp_path_factory) -> dict:
     it), arguments, CompletedProcess, and the bytes of its results.json and history.json."""
     model_dir = tmp_path_factory.mktemp("first_run") / "run"
     args = [f"--records={records}", f"--model_dir={model_dir}", *COMMON]
-    result = subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *args, "--epochs=1", "--save_h5"],
-        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600,
-    )
+    result = warm.run(["train.py", *args, "--epochs=1", "--save_h5"])
     assert result.returncode == 0, result.stderr[-3000:]
     files = {name: (model_dir / name).read_bytes() for name in ("results.json", "history.json")}
     return {"model_dir": model_dir, "args": args, "result": result, **files}
@@ -75,9 +73,10 @@ def first_run(records, tmp_path_factory) -> dict:
 def cli_runs(records, first_run, tmp_path_factory) -> dict:
     """case name -> CompletedProcess of train.py, and "dirs": the model_dirs of the cases.
 
-    The genuine bad flag runs as a process of its own; every other case runs in
-    one child process, one after another (run_cli_cases): first the reruns and
-    bad input, which must change nothing, then the two that train.
+    Each case is a process forked with TensorFlow imported (run_cli_cases), one
+    after another: first the reruns and bad input, which must change nothing,
+    then the two that train. "genuine" repeats a bad flag in a new interpreter,
+    as a user starts train.py, imports and all.
     """
     root = tmp_path_factory.mktemp("train_cli")
     other_records = sample_records(root / "other", {"train": 5, "validation": 2}, seed=9)

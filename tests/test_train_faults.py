@@ -13,12 +13,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
+import warm
 from conftest import sample_records
 from model import training
 from pipeline import schema
@@ -32,15 +32,8 @@ def records(tmp_path_factory) -> Path:
     return sample_records(tmp_path_factory.mktemp("train_faults"), {"train": 6, "validation": 3}, seed=1)
 
 
-def _env() -> dict:
-    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
-
-
 def run_train(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *args],
-        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600,
-    )
+    return warm.run(["train.py", *args])
 
 
 def _start_and_kill_at(args: list[str], marker: str, driver: Path | None = None) -> str:
@@ -50,22 +43,14 @@ def _start_and_kill_at(args: list[str], marker: str, driver: Path | None = None)
       Everything the process printed up to the kill.
     """
     program = str(driver or REPO / "train.py")
-    process = subprocess.Popen(
-        [sys.executable, "-u", program, *args], cwd=REPO, env=_env(),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
     seen = []
-    try:
-        for line in process.stdout:
+    with warm.start([program, *args], env=dict(os.environ, PYTHONPATH=str(REPO)), merge_stderr=True) as process:
+        for line in process.lines():
             seen.append(line)
             if marker in line:
                 os.kill(process.pid, signal.SIGKILL)
                 break
         process.wait(timeout=120)
-    finally:
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait()
     assert process.returncode == -signal.SIGKILL, "".join(seen)[-3000:]
     return "".join(seen)
 
