@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import textwrap
 import time
 from pathlib import Path
 
@@ -196,3 +197,47 @@ def test_resume_is_refused_with_the_beam_runner(tree, tmp_path):
     with pytest.raises(writer.ConversionError, match="--runner must be local or beam, got 'spark'"):
         convert(tree, tmp_path / "records", runner="spark")
     assert not (tmp_path / "records").exists()
+
+
+# convert.py that SIGKILLs itself (by its own PID) at the swap's KILL_AT-th rename:
+# a point a kill from outside cannot aim at (the swap takes milliseconds).
+_KILLED_IN_THE_SWAP = textwrap.dedent(
+    """
+    import os, runpy, signal, sys
+    from pipeline import storage
+
+    real_replace, renames = storage.replace, []
+
+    def replace(src, dst):
+        renames.append(dst)
+        if len(renames) == int(os.environ["KILL_AT"]):
+            os.kill(os.getpid(), signal.SIGKILL)
+        real_replace(src, dst)
+
+    storage.replace = replace
+    sys.argv[0] = "convert.py"
+    runpy.run_path("convert.py", run_name="__main__")
+    """
+)
+
+
+def test_a_kill_inside_the_swap_is_finished_by_resume(tree, reference, tmp_path):
+    out, driver = tmp_path / "records", tmp_path / "killed_in_the_swap.py"
+    driver.write_text(_KILLED_IN_THE_SWAP)
+    kill_at = 5  # 4 files of the new set are in --out; the manifest, which comes last, is not
+    env = dict(ENV, PYTHONPATH=str(warm.REPO_ROOT), KILL_AT=str(kill_at))
+    killed = warm.run([driver, f"--src={tree}", f"--out={out}", *_cli_flags()], env=env, timeout=PATIENCE)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    (scratch,) = _scratch_folders(out)
+    moved = sorted(name for name in os.listdir(out) if name != scratch.name)
+    assert len(moved) == kill_at - 1 and "manifest.json" not in moved  # readers refuse the folder
+    in_scratch = [name for name in _finished(scratch) if (scratch / name).exists()]
+
+    resumed = warm.run(["convert.py", f"--src={tree}", f"--out={out}", *_cli_flags(), "--resume", "--overwrite"],
+                       env=ENV, timeout=PATIENCE)
+    assert resumed.returncode == 0, resumed.stderr
+    assert _our_lines(resumed.stderr) == [
+        f"--resume: kept {len(in_scratch)} of {NUM_SHARDS} shards of {scratch.name} (checked); converting the rest"
+    ]
+    assert _files(out) == reference
+    assert sorted(p.name for p in out.iterdir()) == sorted(reference)

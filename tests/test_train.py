@@ -3,6 +3,7 @@ writes, continuing it, the GPU settings on a CPU, and reruns and bad input
 answered in one line."""
 
 import configparser
+import dataclasses
 import json
 import os
 import re
@@ -14,6 +15,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import warm
 from conftest import run_cli_cases, sample_records
@@ -93,10 +95,11 @@ def cli_runs(records, first_run, tmp_path_factory) -> dict:
         **{flag: [*bad_flag_args, flag] for flag in BAD_FLAGS},
         # A copy of the finished run, continued to a larger --epochs.
         "continue": [f"--records={records}", f"--model_dir={dirs['continued']}", *COMMON, "--epochs=2"],
-        # The GPU settings on a CPU.
+        # The GPU settings on a CPU. (XLA training: test_model, which compiles the
+        # same model in-process; --jit_compile reaching it: test_jit_compile_...)
         "device": [
             f"--records={records}", f"--model_dir={dirs['device']}", *COMMON, "--epochs=1", "--augment_on=device",
-            "--mixed_precision", "--jit_compile", "--nocache", "--profile_batches=1,2",
+            "--mixed_precision", "--nocache", "--profile_batches=1,2",
         ],
     }
     genuine = subprocess.Popen(
@@ -149,15 +152,14 @@ def test_a_finished_run_continues_to_more_epochs(cli_runs):
     assert np.all((probabilities >= 0) & (probabilities <= 1))
 
 
-def test_train_on_device_with_mixed_precision_and_xla(cli_runs):
+def test_train_on_device_with_mixed_precision(cli_runs):
     result, model_dir = cli_runs["device"], cli_runs["dirs"]["device"]
     assert result.returncode == 0, result.stderr[-3000:]
-    # CPU only: both GPU settings are warned about, naming their measured cost.
+    # CPU only: the GPU setting is warned about, naming its measured cost.
     assert "--mixed_precision on a machine without a GPU" in result.stderr
-    assert "--jit_compile on a machine without a GPU" in result.stderr
     assert list((model_dir / "logs").rglob("*.xplane.pb"))  # the profiler trace
     setup = json.loads((model_dir / "results.json").read_text())["setup"]
-    assert setup["precision"] == "mixed_bfloat16" and setup["xla"] == "on"
+    assert setup["precision"] == "mixed_bfloat16" and setup["xla"] == "off"
     assert setup["cache"].startswith("off (--nocache)")
     model = keras.models.load_model(model_dir / "model.keras")
     assert model.get_layer("augmentation") is not None
@@ -233,3 +235,14 @@ def test_augmentation_goes_to_the_device_only_with_a_gpu():
     assert training.resolve_augment_on(host, gpu).augment_on is training.AugmentOn.HOST
     assert hardware.cpu_only_warnings(gpu, True, True) == []
     assert len(hardware.cpu_only_warnings(cpu, True, True)) == 2
+
+
+def test_jit_compile_reaches_the_model_the_setup_and_the_warnings():
+    config = training.TrainConfig(records="r", image_size=32, jit_compile=True)
+    assert training.build_model(config, 2).jit_compile is True
+    assert training.build_model(dataclasses.replace(config, jit_compile=False), 2).jit_compile is False
+    cpu = hardware.Hardware(gpus=(), cpu_cores=2)
+    setup = training.describe_setup(config, cpu, tf.distribute.get_strategy(), "on")
+    assert setup["xla"] == "on"
+    (warning,) = hardware.cpu_only_warnings(cpu, False, True)
+    assert warning.startswith("--jit_compile on a machine without a GPU")

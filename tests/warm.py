@@ -15,7 +15,12 @@ folder first on sys.path (then PYTHONPATH), its module run as __main__, the
 given cwd and environment, stdin at /dev/null, Ctrl-C raising
 KeyboardInterrupt, and the interpreter's own way out (exit status, uncaught
 exceptions, atexit, threads). Its stdout and stderr go to files, line-buffered
-as with `python -u`; `lines()` follows them while it runs.
+as with `python -u`; `lines()` follows them while it runs. Two differences
+remain: environment variables that TensorFlow reads once, at import, keep the
+server's values (CUDA_VISIBLE_DEVICES and the like are read later, at device
+set-up, and do apply), and the interpreter's module teardown is skipped at exit.
+A few scripts still run in a new interpreter, imports and all (test_train.py,
+test_writer.py, and the benchmarks' own subprocesses).
 
 The server reads one JSON request per line on stdin, forks, and answers the
 child's PID on stdout; when a child ends, it writes the exit status (-N for
@@ -24,6 +29,7 @@ signal N) to the request's status file.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import selectors
@@ -31,7 +37,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import traceback
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -129,7 +137,47 @@ def _become(request: dict) -> None:
     sys.argv = list(request["argv"])
     python_path = [p for p in request["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
     sys.path[0:1] = [os.path.dirname(script), *python_path]
-    runpy.run_path(script, run_name="__main__")
+    try:
+        runpy.run_path(script, run_name="__main__")
+        code = 0
+    except SystemExit as e:
+        code = _exit_status(e.code)
+    except KeyboardInterrupt:
+        traceback.print_exc()
+        code = -signal.SIGINT
+    except BaseException:  # noqa: BLE001 - what the interpreter does with an uncaught exception
+        sys.excepthook(*sys.exc_info())
+        code = 1
+    _exit(code)
+
+
+def _exit_status(code) -> int:
+    """What the interpreter makes of SystemExit(code); a message goes to stderr."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
+
+
+def _exit(code: int) -> None:
+    """Ends the process as the interpreter would, without tearing its modules down.
+
+    Non-daemon threads are waited for, the atexit functions run and the
+    standard streams are flushed; the teardown of TensorFlow's thousands of
+    modules (about 1 CPU-second) is skipped, so a file a script left unclosed
+    would lose its unflushed writes here, not pass in silence. -SIGINT: ends
+    by SIGINT, as an uncaught KeyboardInterrupt does.
+    """
+    threading._shutdown()  # noqa: SLF001 - waits for non-daemon threads, as at interpreter exit
+    atexit._run_exitfuncs()  # noqa: SLF001
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if code == -signal.SIGINT:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    os._exit(code & 0xFF)
 
 
 # ------------------------------------------------------------ the test side
