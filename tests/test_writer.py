@@ -24,7 +24,6 @@ import warm
 from conftest import (
     COLOUR_TOLERANCE,
     PALETTE,
-    REPO_ROOT,
     convert,
     count_records,
     decode_jpeg,
@@ -796,16 +795,11 @@ def cli(tmp_path_factory):
     cases = _cli_cases(root)
     convert(root / "good_src", root / "existing2", num_shards=1)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-    # Each a process forked with TensorFlow imported (tests/warm.py), but the
-    # first, in a new interpreter, imports and all, as a user starts convert.py.
-    (cold_name, (cold_args, _)), *rest = cases.items()
-    cold = subprocess.Popen(
-        [sys.executable, "convert.py", *cold_args],
-        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    procs = {name: warm.start(["convert.py", *args], env=env) for name, (args, _) in rest}
+    # Each a process forked with TensorFlow imported (tests/warm.py); convert.py
+    # in a new interpreter, imports and all: test_conversion_bench.py.
+    procs = {name: warm.start(["convert.py", *args], env=env) for name, (args, _) in cases.items()}
     results = {}
-    for name, proc in [(cold_name, cold), *procs.items()]:
+    for name, proc in procs.items():
         stdout, stderr = proc.communicate(timeout=300)
         results[name] = (proc.returncode, stdout, stderr, cases[name][1], root)
     return results

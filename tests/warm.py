@@ -19,8 +19,8 @@ as with `python -u`; `lines()` follows them while it runs. Two differences
 remain: environment variables that TensorFlow reads once, at import, keep the
 server's values (CUDA_VISIBLE_DEVICES and the like are read later, at device
 set-up, and do apply), and the interpreter's module teardown is skipped at exit.
-A few scripts still run in a new interpreter, imports and all (test_train.py,
-test_writer.py, and the benchmarks' own subprocesses).
+Some runs still start a new interpreter, imports and all: one train.py run in
+test_train.py, and convert.py as the conversion benchmark starts it.
 
 The server reads one JSON request per line on stdin, forks, and answers the
 child's PID on stdout; when a child ends, it writes the exit status (-N for
