@@ -292,7 +292,9 @@ def save_input_pictures(config: TrainConfig, manifest: schema.Manifest) -> None:
 def _callbacks(config: TrainConfig, train_ds: tf.data.Dataset) -> list[keras.callbacks.Callback]:
     # The backup comes last: its commit says the epoch's history and checkpoint are written.
     return [
-        callbacks.EpochThroughput(config.batch_size, input_data=train_ds),
+        # With --data_service a probe of the input would start a new service job
+        # (another distributed epoch) after every epoch: the training rate only.
+        callbacks.EpochThroughput(config.batch_size, input_data=None if config.data_service else train_ds),
         callbacks.HistoryFile(config.path("history.json"), config.path("training_curves.png")),
         run_dir.EpochCheckpoint(config.path("checkpoints")),
         keras.callbacks.TensorBoard(config.path("logs"), profile_batch=config.profile_batches or 0),

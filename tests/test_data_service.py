@@ -142,6 +142,8 @@ def test_train_py_trains_through_the_service(tree_and_records, cluster, tmp_path
     history = json.loads((model_dir / "history.json").read_text())
     assert [entry["epoch"] for entry in history] == [0, 1]
     assert all(0.0 <= entry["val_accuracy"] <= 1.0 for entry in history)  # validation ran locally
+    # The training rate, but no probe of the input: it would start a service job per epoch.
+    assert all(entry["images_per_second"] > 0 and "input_images_per_second" not in entry for entry in history)
 
 
 def test_a_worker_killed_mid_epoch_and_restarted_lets_the_epoch_finish(tree_and_records, tmp_path):
