@@ -124,9 +124,10 @@ def _become(request: dict) -> None:
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.close(null)
+    null = os.open(os.devnull, os.O_RDONLY)  # fd 0 itself when the server's stdin is closed
+    if null != 0:
+        os.dup2(null, 0)
+        os.close(null)
     for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
         target = os.open(path, os.O_WRONLY | os.O_APPEND)
         os.dup2(target, fd)
