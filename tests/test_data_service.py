@@ -10,6 +10,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -37,11 +39,18 @@ def _env() -> dict:
 
 
 class Cluster:
-    """A dispatcher and its workers, each a data_service.py subprocess."""
+    """A dispatcher and its workers, each a data_service.py process.
 
-    def __init__(self):
+    `cold`: each in a new interpreter, not forked warm (tests/warm.py). The kill
+    test's servers start so: with them forked warm, up within milliseconds of
+    each other and of its job, it once hung in a suite run (a worker never given
+    a task); in new interpreters, as in every earlier run, it never did.
+    """
+
+    def __init__(self, cold: bool = False):
+        self.cold = cold
         self.dispatcher_port = free_port()
-        self.processes: dict[str, warm.Process] = {}
+        self.processes: dict[str, subprocess.Popen | warm.Process] = {}
         self.worker_ports: dict[str, int] = {}
         self._start("dispatcher", "--role=dispatcher", f"--port={self.dispatcher_port}")
 
@@ -50,8 +59,15 @@ class Cluster:
         return f"grpc://127.0.0.1:{self.dispatcher_port}"
 
     def _start(self, name: str, *args: str) -> None:
-        process = warm.start(["data_service.py", *args], env=_env())
-        line = next(process.lines(), "")  # printed once the server listens
+        if self.cold:
+            process = subprocess.Popen(
+                [sys.executable, str(REPO / "data_service.py"), *args],
+                cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            )
+            line = process.stdout.readline()  # printed once the server listens
+        else:
+            process = warm.start(["data_service.py", *args], env=_env())
+            line = next(process.lines(), "")
         assert "listening on port" in line, (name, line)
         self.processes[name] = process
 
@@ -154,7 +170,7 @@ def test_a_worker_killed_mid_epoch_and_restarted_lets_the_epoch_finish(tree_and_
     epoch is whole again.
     """
     tree, records = tree_and_records
-    own = Cluster()
+    own = Cluster(cold=True)
     try:
         own.start_worker("a")
         own.start_worker("b")
