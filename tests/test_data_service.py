@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import warm  # noqa: E402
+import warm
 from conftest import COLOUR_TOLERANCE, convert, make_image_tree, nearest_palette_colour
 from model import training
 from pipeline import augment, dataset, schema, service

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import tensorflow as tf
 
-import warm  # noqa: E402
+import warm
 from conftest import convert, make_image_tree
 from pipeline import dataset
 from pipeline import schema

@@ -209,7 +209,6 @@ class Process:
     def __init__(self, args: Sequence[str], cwd: Path, env: dict, new_session: bool, merge_stderr: bool):
         self.args = [str(a) for a in args]
         self.returncode: int | None = None
-        self._merged = merge_stderr
         self._scratch = tempfile.TemporaryDirectory(prefix="warm-")
         folder = Path(self._scratch.name)
         self._paths = {name: folder / name for name in ("stdout", "stderr", "status")}
