@@ -123,7 +123,13 @@ def _tree_memory_mib(process: psutil.Process) -> float:
     return total / timing.MIB
 
 
-def run_converter(src: str, out: str, workers: int, interval: float = 0.05) -> ConversionRun:
+# A PSS reading walks a process's whole memory map: about 30 ms of CPU for a
+# process with TensorFlow loaded, times the converter and each decoder. At
+# 0.05 s the sampler took most of a core from the conversion it measured.
+PSS_INTERVAL_S = 0.5
+
+
+def run_converter(src: str, out: str, workers: int, interval: float = PSS_INTERVAL_S) -> ConversionRun:
     """`convert.py --src src --out out`, its memory sampled every `interval` seconds.
 
     Raises:

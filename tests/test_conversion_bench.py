@@ -28,7 +28,7 @@ def test_decode_rate_and_a_measured_conversion(photos, tmp_path):
     conversion.copy_photos(str(photos.root), str(tmp_path / "big"), 12)
     assert conversion.parallel_decode_rate(str(tmp_path / "big"), workers=2) > 0
 
-    run = conversion.run_converter(str(tmp_path / "big"), str(tmp_path / "records"), workers=2, interval=0.01)
+    run = conversion.run_converter(str(tmp_path / "big"), str(tmp_path / "records"), workers=2)
     assert run.images == 12 == schema.read_manifest(str(tmp_path / "records")).splits["train"].num_examples
     assert 0 < run.verify_seconds < run.seconds
     assert run.memory_timeline and run.peak_mib == max(m for _, m in run.memory_timeline) > 0
