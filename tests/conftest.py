@@ -271,20 +271,20 @@ def run_cli_cases(script: str, cases: list[list[str]], timeout: float = 600) -> 
 # the workers end together. Slowest first, as measured with --durations; a
 # file missing here only runs later, in its usual place.
 SLOWEST_FILES = (
-    "test_benchmark.py",
     "test_strategy.py",
+    "test_data_service.py",
+    "test_benchmark.py",
+    "test_read_faults.py",
     "test_train_faults.py",
     "test_train.py",
-    "test_read_faults.py",
-    "test_writer.py",
-    "test_conversion_bench.py",
     "test_beam.py",
+    "test_conversion_bench.py",
+    "test_writer.py",
     "test_model.py",
-    "test_convert_faults.py",
-    "test_data_service.py",
-    "test_convert_resume.py",
     "test_dataset.py",
     "test_remote_storage.py",
+    "test_convert_resume.py",
+    "test_convert_faults.py",
     "test_verify.py",
     "test_convert_remote.py",
 )
