@@ -125,7 +125,7 @@ def _tree_memory_mib(process: psutil.Process) -> float:
 
 # A PSS reading walks a process's whole memory map: about 30 ms of CPU for a
 # process with TensorFlow loaded, times the converter and each decoder. At
-# 0.05 s the sampler took about 60% of a core from the conversion it measured.
+# 0.05 s the sampler took over half a core from the conversion it measured.
 PSS_INTERVAL_S = 0.5
 
 
