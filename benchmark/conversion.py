@@ -33,11 +33,11 @@ from collections.abc import Callable
 import psutil
 from PIL import Image
 
-from benchmark import timing
-from pipeline import augment
-from pipeline import dataset
 from pipeline import plots
-from pipeline import sources
+from pipeline.converter import sources
+from pipeline.reader import augment
+from pipeline.reader import dataset
+from benchmark import timing
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

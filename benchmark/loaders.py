@@ -17,9 +17,9 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from pipeline.reader import augment
+from pipeline.reader import dataset
 from benchmark import BenchmarkError
-from pipeline import augment
-from pipeline import dataset
 
 
 def image_data_generator_class() -> tuple[type, str]:

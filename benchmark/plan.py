@@ -27,15 +27,16 @@ import numpy as np
 import psutil
 import tensorflow as tf
 
+from pipeline import schema
+from pipeline.converter import conversion
+from pipeline.reader import augment
+from pipeline.reader import dataset
+from pipeline.reader import service
 from benchmark import BenchmarkError
 from benchmark import loaders
 from benchmark import timing
+from model import run_config
 from model import training
-from pipeline import augment
-from pipeline import dataset
-from pipeline import schema
-from pipeline import service
-from pipeline import writer
 
 STREAMING_EPOCHS = 10
 
@@ -255,8 +256,8 @@ class _Run:
     def training_rows(self) -> None:
         """The CNN's training speed fed from memory and by the pipeline: train.py's model and inputs."""
         config, data, records = self.config, self.data, self.original
-        run = training.TrainConfig(records=records, batch_size=config.batch_size, image_size=config.image_size[0],
-                                   augment_on=training.AugmentOn.HOST)
+        run = run_config.TrainConfig(records=records, batch_size=config.batch_size, image_size=config.image_size[0],
+                                   augment_on=run_config.AugmentOn.HOST)
         specs = [Spec(name, label, Group.TRAINING, "train_in_memory") for name, label in (
             ("train_in_memory", "training, one batch held in memory"),
             ("train_pipeline_aug_cached", "training, pipeline host aug + cache"),
@@ -297,14 +298,14 @@ def _prepare_records(config: BenchmarkConfig, scratch: str, log: Callable[[str],
     if original is None:
         original = os.path.join(scratch, "original")
         log(f"converting {config.src} to {original} (original sizes)")
-        seconds["original"] = writer.convert_folder(config.src, original, show_progress=False).seconds
+        seconds["original"] = conversion.convert_folder(conversion.ConversionConfig(config.src, original)).seconds
     elif (stored := schema.read_manifest(original).stored_size) is not None:
         raise BenchmarkError(f"--records {original} holds images resized to {stored}; "
                              "the benchmark needs records at the original sizes")
     resized = os.path.join(scratch, "resized")
     log(f"converting {config.src} to {resized} (pre-resized to {config.image_size})")
-    seconds["resized"] = writer.convert_folder(
-        config.src, resized, image_size=config.image_size, show_progress=False).seconds
+    seconds["resized"] = conversion.convert_folder(
+        conversion.ConversionConfig(config.src, resized, image_size=config.image_size)).seconds
     manifest, resized_manifest = schema.read_manifest(original), schema.read_manifest(resized)
     for records_dir, m in ((original, manifest), (resized, resized_manifest)):
         if config.split not in m.splits:
@@ -354,7 +355,7 @@ def run_benchmark(
       log: receives each progress message.
 
     Raises:
-      BenchmarkError, sources.SourceError, writer.ConversionError: the run cannot be made as asked.
+      BenchmarkError, sources.SourceError, conversion.ConversionError: the run cannot be made as asked.
     """
     started, cpu_start = time.perf_counter(), timing.cpu_snapshot()
     if not os.path.isdir(split_dir := os.path.join(config.src, config.split)):

@@ -9,10 +9,10 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from benchmark import targets
-from benchmark.plan import Group, Results, Row
 from pipeline import fileio
 from pipeline import plots
+from benchmark import targets
+from benchmark.plan import Group, Results, Row
 
 RESULTS_FILENAME = "results.json"
 PLOT_FILENAME = "throughput.png"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import keras
 
-from pipeline import augment
-from pipeline import dataset
+from pipeline.reader import augment
+from pipeline.reader import dataset
 
 DEFAULT_LEARNING_RATE = 1e-4  # the notebook's learning rate
 _CONV_FILTERS = (32, 64, 128)  # each a 3x3 valid convolution, then a 2x2 max-pool

@@ -1,22 +1,113 @@
-"""What the command-line scripts share: one-line errors, exit codes, Ctrl-C.
+"""What the command lines share: their own flags, one-line errors, exit codes, Ctrl-C.
 
-Every script runs its `main` through `run`, so a bad flag, a bad input and an
-interrupt each end in one line on stderr, `<script>: error: ...`, and a
-non-zero exit status (1, or 130 for Ctrl-C), never a traceback.
+Each command (convert.py, train.py, ...) defines its absl flags on a
+`FlagValues` of its own, so that any number of commands can be imported,
+and their `main(argv)` called, in one process (the tests do). `Command.main`
+parses argv, runs the command and returns its exit status: 0, 1 with one
+line `<prog>: error: ...` on stderr for a bad flag or a bad input (never a
+traceback), 130 for Ctrl-C.
+
+    FLAGS = flags.FlagValues()
+    _SRC = flags.DEFINE_string("src", None, "...", flag_values=FLAGS)
+    CONVERT = cli.Command("convert.py", __doc__, FLAGS, _convert, errors=(ConversionError,))
+    CONVERT.main(["convert.py", "--src=photos"])   # -> 0 or 1; CONVERT.run() exits with it
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
+import types
 from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
 
-from absl import app
 from absl import flags
+from absl import logging
+
+_HELP = ("--help", "-h", "--helpshort", "--helpfull", "-?")
+Config = TypeVar("Config")
 
 
-def fail(prog: str, message: object) -> None:
-    """Ends the program with `<prog>: error: <message>` and exit status 1."""
-    sys.exit(f"{prog}: error: {message}")
+class CommandError(Exception):
+    """A bad input: the message is the one line the user sees."""
+
+
+def fail(message: object) -> NoReturn:
+    """Ends the running command with `<prog>: error: <message>` and exit status 1."""
+    raise CommandError(str(message))
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """One command line: its flags and the function that runs on them.
+
+    Attributes:
+      prog: the script's name, e.g. "convert.py", that starts each error line.
+      doc: the usage text `--help` prints above the flags.
+      flag_values: the command's own flags.
+      body: runs the command once the flags are parsed; returns None (0) or
+        an exit status, or raises CommandError.
+      errors: exception types that are one-line errors of the user's input.
+    """
+
+    prog: str
+    doc: str
+    flag_values: flags.FlagValues
+    body: Callable[[], int | None]
+    errors: tuple[type[BaseException], ...] = ()
+
+    def main(self, argv: list[str]) -> int:
+        """Parses `argv` (argv[0] is the program) and runs the command: its exit status."""
+        if any(arg in _HELP for arg in argv[1:]):
+            print(f"{self.doc.strip()}\n\nflags:\n{self.flag_values.get_help(include_special_flags=False)}")
+            return 0
+        self.flag_values.unparse_flags()  # each call parses afresh: no value from a previous call
+        try:
+            rest = self.flag_values(argv)
+            if len(rest) > 1:
+                raise CommandError(f"unexpected arguments: {' '.join(rest[1:])}")
+            _log_to_stderr()
+            status = self.body()
+        except flags.Error as e:  # bad values and failed validators
+            return self._error(e)
+        except CommandError as e:
+            return self._error(e)
+        except KeyboardInterrupt:
+            print(f"{self.prog}: interrupted", file=sys.stderr)
+            return 130
+        except self.errors as e:
+            return self._error(e)
+        return int(status or 0)
+
+    def run(self) -> NoReturn:
+        """The console entry point: `main(sys.argv)`, then exit with its status."""
+        sys.exit(self.main(sys.argv))
+
+    def _error(self, error: BaseException) -> int:
+        print(f"{self.prog}: error: {error}", file=sys.stderr)
+        return 1
+
+
+def _log_to_stderr() -> None:
+    """absl's INFO lines on stderr, as `absl.app.run` would set them up."""
+    logging.use_absl_handler()
+    if not flags.FLAGS.is_parsed():  # the process-wide flags: ours are the command's own
+        flags.FLAGS.mark_as_parsed()
+    logging.set_verbosity(logging.INFO)
+
+
+def field_defaults(config_type: type) -> types.SimpleNamespace:
+    """The defaults of a config dataclass's fields, by name: what its flags default to."""
+    return types.SimpleNamespace(**{
+        field.name: field.default for field in dataclasses.fields(config_type)
+        if field.default is not dataclasses.MISSING
+    })
+
+
+def config_from_flags(config_type: type[Config], flag_values: flags.FlagValues, **extra: Any) -> Config:
+    """A config dataclass from the flags named as its fields (and `extra` for the others)."""
+    names = {field.name for field in dataclasses.fields(config_type)} - set(extra)
+    return config_type(**{name: flag_values[name].value for name in names}, **extra)
 
 
 class _IntPairParser(flags.ArgumentParser):
@@ -36,27 +127,35 @@ class _IntPairParser(flags.ArgumentParser):
         return "int pair"
 
 
-def define_int_pair(name: str, default: tuple[int, int] | None, help: str) -> flags.FlagHolder:
+class _SizeParser(flags.ArgumentParser):
+    """Parses "S" into (S, S) and "H,W" into (H, W), each at least 1."""
+
+    syntactic_help = "a size S (square) or H,W in pixels"
+
+    def parse(self, argument):
+        if isinstance(argument, (tuple, list)):
+            return tuple(argument)
+        parts = [part.strip() for part in str(argument).split(",")]
+        if len(parts) not in (1, 2) or not all(p.isdigit() and int(p) >= 1 for p in parts):
+            raise ValueError(f"expected a size S or H,W of positive integers, got {argument!r}")
+        sizes = [int(p) for p in parts]
+        return (sizes[0], sizes[-1])
+
+    def flag_type(self) -> str:
+        return "size"
+
+
+def define_int_pair(
+    name: str, default: tuple[int, int] | None, help: str, flag_values: flags.FlagValues
+) -> flags.FlagHolder:
     """An absl flag written `--name=A,B` whose value is the tuple (A, B)."""
-    return flags.DEFINE(_IntPairParser(), name, default, help, serializer=flags.CsvListSerializer(","))
+    return flags.DEFINE(
+        _IntPairParser(), name, default, help, flag_values, serializer=flags.CsvListSerializer(",")
+    )
 
 
-def run(main: Callable[[list[str]], None], prog: str) -> None:
-    """`absl.app.run(main)` with one-line flag errors and a quiet Ctrl-C.
-
-    Args:
-      main: the script's main(argv).
-      prog: the script's name, e.g. "convert.py", that starts each error line.
-    """
-
-    def parse(argv: list[str]) -> list[str]:
-        try:
-            return flags.FLAGS(argv)
-        except flags.Error as e:  # absl validators and bad values land here
-            fail(prog, e)
-
-    try:
-        app.run(main, flags_parser=parse)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        sys.exit(130)
+def define_size(
+    name: str, default: tuple[int, int] | None, help: str, flag_values: flags.FlagValues
+) -> flags.FlagHolder:
+    """An absl flag written `--name=S` (S x S) or `--name=H,W` whose value is (height, width)."""
+    return flags.DEFINE(_SizeParser(), name, default, help, flag_values, serializer=flags.CsvListSerializer(","))

@@ -1,7 +1,14 @@
-"""File helpers every layer shares: JSON written atomically.
+"""Every file operation of the project, on a local path or a URL: one place picks the API.
 
-Paths go through `tf.io.gfile`, so local folders and any filesystem TensorFlow
-knows (`gs://`, `s3://`, `ram://`, ...) work alike.
+A path with a scheme (`gs://`, `s3://`, `hdfs://`, `ram://`, ...) goes through
+`tf.io.gfile`; a local path goes through `os`, because the converter's local
+guarantees depend on it: links, inodes and FIFOs are told apart by `os.stat`,
+and the final swap is `os.replace` (atomic) inside one filesystem. JSON files
+(manifest, run state, results) are written all or nothing, through
+`tf.io.gfile` for both kinds of path.
+
+TensorFlow is imported only when it is used, so the converter's decoding
+workers stay free of it for local files.
 """
 
 from __future__ import annotations
@@ -9,9 +16,176 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
-import tensorflow as tf
+# RFC 3986 scheme, then "://": "gs://b/x" is a URL, "/data/x" and "C:\\x" are not.
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_url(path: str) -> bool:
+    """Whether `path` names a filesystem by its scheme (`gs://...`), not a local path."""
+    return bool(_URL.match(os.fspath(path)))
+
+
+def _gfile():
+    import tensorflow as tf  # only when used: see the module docstring
+
+    return tf.io.gfile
+
+
+def _op_error():
+    import tensorflow as tf
+
+    return tf.errors.OpError
+
+
+def absolute(path: str) -> str:
+    """A local path made absolute; a URL as given, without a trailing "/"."""
+    if is_url(path):
+        stripped = path.rstrip("/")
+        return stripped if "://" in stripped else path
+    return os.path.abspath(path)
+
+
+def basename(path: str) -> str:
+    """The last name of `path` (of a URL too), ignoring a trailing "/"."""
+    if is_url(path):
+        return absolute(path).rsplit("/", 1)[-1]
+    return os.path.basename(os.path.normpath(os.path.abspath(path)))
+
+
+def inside(folder: str, path: str) -> bool:
+    """Whether `path` is `folder` or inside it (links resolved for local paths)."""
+    if is_url(folder) != is_url(path):
+        return False  # another filesystem
+    if is_url(folder):
+        folder, path = absolute(folder), absolute(path)
+        return path == folder or path.startswith(folder + "/")
+    folder, path = os.path.realpath(folder), os.path.realpath(path)
+    return os.path.commonpath([folder, path]) == folder
+
+
+def exists(path: str) -> bool:
+    return _gfile().exists(path) if is_url(path) else os.path.exists(path)
+
+
+def isdir(path: str) -> bool:
+    return _gfile().isdir(path) if is_url(path) else os.path.isdir(path)
+
+
+def makedirs(path: str) -> None:
+    if is_url(path):
+        _gfile().makedirs(path)
+    else:
+        os.makedirs(path, exist_ok=True)
+
+
+def listdir(path: str) -> list[str]:
+    """The names in a folder (a URL store's "sub/" entries without their "/").
+
+    Raises:
+      OSError: it cannot be listed.
+    """
+    if not is_url(path):
+        return os.listdir(path)
+    try:
+        return [name.rstrip("/") for name in _gfile().listdir(path)]
+    except _op_error() as e:
+        raise OSError(e.message) from None
+
+
+def url_stat(path: str) -> tuple[int, int, bool]:
+    """(size in bytes, modification time in ns, is a folder) of a path at a URL.
+
+    Raises:
+      OSError: it cannot be read (TensorFlow's error, as an OSError).
+    """
+    try:
+        info = _gfile().stat(path)
+    except _op_error() as e:
+        raise OSError(e.message) from None
+    return info.length, info.mtime_nsec, info.is_directory
+
+
+def size(path: str) -> int:
+    """A file's size in bytes."""
+    return _gfile().stat(path).length if is_url(path) else os.path.getsize(path)
+
+
+def remove(path: str) -> None:
+    if is_url(path):
+        _gfile().remove(path)
+    else:
+        os.remove(path)
+
+
+def rmtree(path: str) -> None:
+    """Removes a folder and everything in it; nothing if it is gone already."""
+    if not is_url(path):
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    try:
+        _gfile().rmtree(path)
+    except _op_error():  # already gone, or partly: the rest is left as it is
+        pass
+
+
+def remove_empty_folder(path: str) -> None:
+    """Removes `path` if it is a folder with nothing in it."""
+    if isdir(path) and not listdir(path):
+        if is_url(path):
+            rmtree(path)
+        else:
+            os.rmdir(path)
+
+
+def replace(src: str, dst: str) -> None:
+    """Renames a file over `dst`: atomic for a local path (`os.replace`); on a
+    URL store `tf.io.gfile.rename`, which on GCS or S3 is a copy and a delete."""
+    if is_url(src):
+        _gfile().rename(src, dst, overwrite=True)
+    else:
+        os.replace(src, dst)
+
+
+def new_folder(parent: str, prefix: str) -> str:
+    """A new, empty folder in `parent` whose name starts with `prefix`."""
+    if not is_url(parent):
+        return tempfile.mkdtemp(prefix=prefix, dir=parent)
+    while True:
+        path = f"{absolute(parent)}/{prefix}{uuid.uuid4().hex[:8]}"
+        if not exists(path):  # 32 random bits: a clash is only guarded against
+            makedirs(path)
+            return path
+
+
+def read_bytes(path: str) -> bytes:
+    """All bytes of a file at a URL.
+
+    Raises:
+      OSError: it cannot be read (TensorFlow's error, as an OSError).
+    """
+    try:
+        with _gfile().GFile(path, "rb") as f:
+            return f.read()
+    except _op_error() as e:
+        raise OSError(e.message) from None
+
+
+def walk_url(folder: str) -> Iterator[tuple[str, list[str], list[str]]]:
+    """`os.walk` of a folder at a URL: (folder, subfolder names, file names), without trailing \"/\"."""
+    for parent, folders, files in _gfile().walk(folder):
+        yield parent.rstrip("/"), [f.rstrip("/") for f in folders], files
+
+
+def copy(src: str, dst: str) -> None:
+    """Copies a file over `dst`, either of them local or a URL."""
+    _gfile().copy(src, dst, overwrite=True)
 
 
 def normalize_json(value: Any) -> Any:
@@ -35,16 +209,16 @@ def write_json(path: str, data: Any) -> str:
     """
     folder = os.path.dirname(path)
     if folder:
-        tf.io.gfile.makedirs(folder)
+        _gfile().makedirs(folder)
     text = json.dumps(normalize_json(data), indent=2, allow_nan=False) + "\n"
     tmp = path + ".tmp"
-    with tf.io.gfile.GFile(tmp, "w") as f:
+    with _gfile().GFile(tmp, "w") as f:
         f.write(text)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+    _gfile().rename(tmp, path, overwrite=True)
     return path
 
 
 def read_json(path: str) -> Any:
     """The parsed contents of a JSON file."""
-    with tf.io.gfile.GFile(path, "r") as f:
+    with _gfile().GFile(path, "r") as f:
         return json.load(f)

@@ -112,6 +112,15 @@ class SplitInfo:
 
 
 @dataclasses.dataclass(frozen=True)
+class SkippedFile:
+    """A source file the conversion left out, and why: the summary and the manifest list them."""
+
+    path: str
+    split: str
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
 class Manifest:
     """What a records folder holds; written last, so its presence means done.
 
@@ -122,7 +131,7 @@ class Manifest:
       stored_size: (height, width) every image was resized to at conversion,
         or None when the original sizes were kept.
       source: the folder the records were converted from.
-      skipped: files that could not be used, each {"path", "split", "reason"}.
+      skipped: the files that could not be used.
       schema_version: SCHEMA_VERSION of the writer.
     """
 
@@ -131,7 +140,7 @@ class Manifest:
     splits: dict[str, SplitInfo]
     stored_size: tuple[int, int] | None
     source: str
-    skipped: tuple[dict[str, str], ...] = ()
+    skipped: tuple[SkippedFile, ...] = ()
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -204,7 +213,7 @@ class Manifest:
             splits=splits,
             stored_size=stored_size,
             source=root.get("source").text(),
-            skipped=tuple(skip.object() for skip in root.get("skipped", []).elements()),
+            skipped=tuple(_skipped_from_json(skip) for skip in root.get("skipped", []).elements()),
             schema_version=version,
         )
 
@@ -276,6 +285,10 @@ def _split_from_json(name: str, split: _Field, class_names: tuple[str, ...]) -> 
             f"{counts.where} add up to {sum(class_counts.values())}, but the shards hold {info.num_examples}"
         )
     return info
+
+
+def _skipped_from_json(skip: _Field) -> SkippedFile:
+    return SkippedFile(skip.get("path").text(), skip.get("split").text(), skip.get("reason").text())
 
 
 def _shard_from_json(shard: _Field) -> ShardInfo:

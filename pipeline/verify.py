@@ -387,7 +387,7 @@ def _in_order(shard: _Shard) -> list[Problem]:
 def error_text(error: tf.errors.OpError) -> str:
     """A TensorFlow error's message without the op, function and iterator names around it.
 
-    For a failed check of the reader (pipeline.dataset), that is the check's
+    For a failed check of the reader (pipeline.reader.dataset), that is the check's
     own one line, which names the shard: e.g. "records/x-train.tfrecord-00001-
     of-00004: the shard holds 3 records, but manifest.json says 4".
     """

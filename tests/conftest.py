@@ -28,9 +28,9 @@ if str(REPO_ROOT) not in sys.path:
 
 import tensorflow as tf  # noqa: E402
 
-from pipeline import sample_data  # noqa: E402
 from pipeline import schema  # noqa: E402
-from pipeline import writer  # noqa: E402
+from pipeline.converter import conversion  # noqa: E402
+from pipeline.converter import sample_data  # noqa: E402
 
 import warm  # noqa: E402
 
@@ -199,11 +199,10 @@ def nearest_palette_colour(image: np.ndarray) -> tuple[int, int, int]:
     return PALETTE[int(np.argmin(distances))]
 
 
-def convert(src, out, **kwargs) -> writer.ConversionSummary:
-    """convert_folder with the test defaults: no pool, no progress bar."""
+def convert(src, out, **kwargs) -> conversion.ConversionSummary:
+    """convert_folder of a ConversionConfig with these fields, and no pool by default."""
     kwargs.setdefault("workers", 1)
-    kwargs.setdefault("show_progress", False)
-    return writer.convert_folder(str(src), str(out), **kwargs)
+    return conversion.convert_folder(conversion.ConversionConfig(str(src), str(out), **kwargs))
 
 
 # The standard split-layout tree: 2 classes, images of three sizes.
@@ -230,7 +229,7 @@ def split_records(split_tree, tmp_path_factory):
 
 
 def sample_records(root: Path, counts: dict, seed: int) -> Path:
-    """The photo-like sample (`pipeline.sample_data`, `counts` images per class by
+    """The photo-like sample (`pipeline.converter.sample_data`, `counts` images per class by
     split) written under `root` and converted; returns the records folder."""
     sample_data.write_sample(str(root / "src"), counts, seed=seed)
     convert(root / "src", root / "records")

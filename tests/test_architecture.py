@@ -1,62 +1,158 @@
-"""The layering BUILD.md draws, checked on the source: who may import whom.
+"""The plan BUILD.md draws, checked on the code's import graph (parsed with `ast`).
 
-    scripts (convert.py, train.py, bench.py, verify.py, make_sample.py)
-      -> benchmark/ -> model/ -> pipeline/
+    root scripts (convert.py, train.py, ...)  ->  <layer>.commands only
+    benchmark/  ->  model/  ->  pipeline/reader/  ->  pipeline/ (core)
+                                pipeline/converter/  ->  pipeline/ (core)
 
-A package imports only packages below it; scripts hold flags and main() only.
+A layer imports only layers below it; the reader never imports the converter
+(nor the converter the reader); no import cycle, at module level or inside a
+function; no module over 400 lines; nothing is installed as a top-level module.
 """
 
 from __future__ import annotations
 
 import ast
+import configparser
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-# Each package and the project packages it may import.
-ALLOWED = {
-    "pipeline": {"pipeline"},
-    "model": {"pipeline", "model"},
-    "benchmark": {"pipeline", "model", "benchmark"},
-}
-PROJECT_PACKAGES = set(ALLOWED)
+PACKAGES = ("pipeline", "model", "benchmark")
 MAX_MODULE_LINES = 400
-SCRIPTS = sorted(p for p in REPO.glob("*.py") if p.name != "setup.py")
+# Each layer and the layers it may import (itself included).
+CORE, CONVERTER, READER, MODEL, BENCHMARK = "pipeline", "pipeline.converter", "pipeline.reader", "model", "benchmark"
+ALLOWED = {
+    CORE: {CORE},
+    CONVERTER: {CONVERTER, CORE},
+    READER: {READER, CORE},
+    MODEL: {MODEL, READER, CORE},
+    BENCHMARK: {BENCHMARK, MODEL, READER, CONVERTER, CORE},
+}
+CORE_MODULES_AT_MOST = 6  # besides __init__: schema, verify, fileio, plots, cli, commands
 
 
-def _project_imports(path: Path) -> set[str]:
-    """The project packages a module imports (at any depth in the file)."""
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {
+        _module_name(path): path
+        for package in PACKAGES
+        for path in sorted((REPO / package).rglob("*.py"))
+    }
+
+
+MODULES = _modules()
+
+
+def _imports(path: Path) -> set[str]:
+    """The project modules `path` imports, anywhere in the file (lazy imports too)."""
     found = set()
+    package = _module_name(path) if path.name == "__init__.py" else _module_name(path).rpartition(".")[0]
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module]
+            candidates = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from the module's own package up
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            candidates = [f"{base}.{alias.name}" for alias in node.names] + [base]
         else:
             continue
-        found |= {name.split(".")[0] for name in names} & PROJECT_PACKAGES
+        for name in candidates:
+            # `from pipeline.converter import sources` names a module; `from x import Y` a symbol of x.
+            while name and name not in MODULES:
+                name = name.rpartition(".")[0]
+            if name:
+                found.add(name)
     return found
 
 
-@pytest.mark.parametrize("package", sorted(ALLOWED))
-def test_packages_import_only_the_layers_below(package):
-    for module in sorted((REPO / package).glob("*.py")):
-        imported = _project_imports(module)
-        assert imported <= ALLOWED[package], f"{module.relative_to(REPO)} imports {imported - ALLOWED[package]}"
+GRAPH = {name: _imports(path) - {name} for name, path in MODULES.items()}
 
 
-@pytest.mark.parametrize("package", sorted(ALLOWED))
-def test_modules_stay_small(package):
-    for module in sorted((REPO / package).glob("*.py")):
-        lines = len(module.read_text().splitlines())
-        assert lines <= MAX_MODULE_LINES, f"{module.relative_to(REPO)}: {lines} lines"
+def _layer(module: str) -> str:
+    for layer in (CONVERTER, READER, MODEL, BENCHMARK):
+        if module == layer or module.startswith(layer + "."):
+            return layer
+    return CORE
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
-def test_scripts_hold_flags_and_main_only(script):
-    """Top level: imports, flag definitions, main() and run(); no other logic."""
+def test_the_graph_is_read():
+    """The parser sees the imports it must see: a check on the checks below."""
+    assert "pipeline.converter.conversion" in GRAPH["pipeline.converter.commands"]
+    assert "pipeline.converter.beam" in GRAPH["pipeline.converter.conversion"]  # imported inside a function
+    assert {"pipeline.reader.dataset", "pipeline.schema"} <= GRAPH["model.training"]
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_layers_import_only_the_layers_below(module):
+    layer = _layer(module)
+    wrong = {target for target in GRAPH[module] if _layer(target) not in ALLOWED[layer]}
+    assert not wrong, f"{module} ({layer}) imports {sorted(wrong)}"
+
+
+def test_no_import_cycle():
+    """Every module's imports, followed to the end, never lead back to it."""
+    state: dict[str, str] = {}
+    stack: list[str] = []
+
+    def visit(module: str) -> None:
+        state[module] = "open"
+        stack.append(module)
+        for target in sorted(GRAPH[module]):
+            if state.get(target) == "open":
+                cycle = stack[stack.index(target):] + [target]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if target not in state:
+                visit(target)
+        stack.pop()
+        state[module] = "done"
+
+    for module in sorted(GRAPH):
+        if module not in state:
+            visit(module)
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_modules_stay_small(module):
+    lines = len(MODULES[module].read_text().splitlines())
+    assert lines <= MAX_MODULE_LINES, f"{module}: {lines} lines"
+
+
+def test_the_shared_core_stays_small():
+    core = [name for name in MODULES if _layer(name) == CORE and name != "pipeline"]
+    assert len(core) <= CORE_MODULES_AT_MOST, core
+
+
+ROOT_SCRIPTS = sorted(p for p in REPO.glob("*.py") if p.name != "setup.py")
+
+
+@pytest.mark.parametrize("script", ROOT_SCRIPTS, ids=lambda p: p.name)
+def test_root_scripts_are_shims(script):
+    """A docstring, one import of a layer's commands module, one call: nothing else."""
     tree = ast.parse(script.read_text())
-    functions = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
-    assert functions <= {"main", "run"}, functions
-    assert not [node for node in tree.body if isinstance(node, ast.ClassDef)]
+    body = [node for node in tree.body if not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))]
+    assert len(body) == 2, ast.dump(tree)
+    imported, call = body
+    assert isinstance(imported, ast.ImportFrom) and imported.module.endswith(".commands") or imported.module == "pipeline.commands"
+    assert isinstance(call, ast.Expr) and isinstance(call.value, ast.Call)
+    assert ast.unparse(call.value.func) == f"{imported.names[0].name}.run"
+
+
+def test_nothing_is_installed_as_a_top_level_module():
+    setup = configparser.ConfigParser()
+    setup.read(REPO / "setup.cfg")
+    options = setup["options"]
+    assert "py_modules" not in options
+    packages = {name.strip() for name in options["packages"].split(",")}
+    assert packages == {name for name, path in MODULES.items() if path.name == "__init__.py"}
+    for line in setup["options.entry_points"]["console_scripts"].strip().splitlines():
+        target = line.split("=", 1)[1].strip()
+        module, _, attribute = target.partition(":")
+        assert module in MODULES and module.endswith("commands"), line
+        assert attribute.endswith(".run"), line

@@ -1,4 +1,4 @@
-"""pipeline.augment: the ImageDataGenerator augmentation as one affine warp."""
+"""pipeline.reader.augment: the ImageDataGenerator augmentation as one affine warp."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import tensorflow as tf
 from keras.src.legacy.preprocessing.image import ImageDataGenerator
 from scipy import ndimage
 
-from pipeline import augment
+from pipeline.reader import augment
 
 NO_AUGMENTATION = augment.AugmentationConfig(
     rotation_range=0.0, width_shift_range=0.0, height_shift_range=0.0, zoom_range=0.0,

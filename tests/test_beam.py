@@ -20,7 +20,9 @@ from apache_beam.options import pipeline_options  # noqa: E402
 
 import warm  # noqa: E402
 from conftest import convert, make_image_tree, read_records, save_image  # noqa: E402
-from pipeline import beam_writer, dataset, schema, verify, writer  # noqa: E402
+from pipeline import schema, verify  # noqa: E402
+from pipeline.converter import beam, conversion  # noqa: E402
+from pipeline.reader import dataset  # noqa: E402
 
 # Worker processes of the DirectRunner, in-process: the two ways it runs.
 MULTI_PROCESS = ("direct_num_workers=2", "direct_running_mode=multi_processing")
@@ -46,7 +48,7 @@ def local_and_beam(tree, tmp_path_factory):
     """(records by the local path, records by Beam on two worker processes)."""
     out = tmp_path_factory.mktemp("beam_out")
     convert(tree.root, out / "local", num_shards=3)
-    convert(tree.root, out / "beam", num_shards=3, runner="beam", beam_options=MULTI_PROCESS)
+    convert(tree.root, out / "beam", num_shards=3, runner="beam", beam_pipeline_options=MULTI_PROCESS)
     return out / "local", out / "beam"
 
 
@@ -72,7 +74,7 @@ def test_beam_writes_the_examples_of_the_local_path(tree, local_and_beam):
         assert len(_examples(beam, split)) == sum(1 for i in tree.images if i.split == split) + png
     manifest = schema.read_manifest(str(beam))
     assert manifest == schema.read_manifest(str(local))
-    assert [s["path"] for s in manifest.skipped] == [str(tree.root / "train" / "cats" / "notes.jpg")]
+    assert [s.path for s in manifest.skipped] == [str(tree.root / "train" / "cats" / "notes.jpg")]
     assert manifest.splits["train"].class_counts == {"cats": 9, "dogs": 9}  # with the PNG
     # The same plan and the same writer: not only the same examples, the same bytes.
     _same_files(local, beam)
@@ -92,13 +94,13 @@ def test_beam_records_verify_and_read_with_the_pipeline_and_tfds(local_and_beam)
 
 def test_a_beam_rerun_rewrites_the_same_bytes_whatever_the_workers(tree, local_and_beam, tmp_path):
     _, first = local_and_beam
-    convert(tree.root, tmp_path / "again", num_shards=3, runner="beam", beam_options=IN_PROCESS)
+    convert(tree.root, tmp_path / "again", num_shards=3, runner="beam", beam_pipeline_options=IN_PROCESS)
     _same_files(first, tmp_path / "again")
 
 
 def test_another_seed_deals_the_shards_differently(tree, local_and_beam, tmp_path):
     _, first = local_and_beam
-    convert(tree.root, tmp_path / "seed1", num_shards=3, seed=1, runner="beam", beam_options=IN_PROCESS)
+    convert(tree.root, tmp_path / "seed1", num_shards=3, seed=1, runner="beam", beam_pipeline_options=IN_PROCESS)
     shard = "pets-train.tfrecord-00000-of-00003"
     assert (tmp_path / "seed1" / shard).read_bytes() != (first / shard).read_bytes()
     assert _examples(tmp_path / "seed1", "train") == _examples(first, "train")
@@ -108,14 +110,14 @@ def test_beam_writes_to_a_remote_filesystem(tree, local_and_beam):
     """In-process workers reach TensorFlow's `ram://`, as cluster workers reach `gs://`."""
     _, local_beam = local_and_beam
     remote = f"ram://{uuid.uuid4().hex}/records"
-    convert(tree.root, remote, num_shards=3, runner="beam", beam_options=IN_PROCESS)
+    convert(tree.root, remote, num_shards=3, runner="beam", beam_pipeline_options=IN_PROCESS)
     for name in os.listdir(local_beam):
         with tf.io.gfile.GFile(f"{remote}/{name}", "rb") as f:
             assert f.read() == (local_beam / name).read_bytes(), name
 
 
 def test_pipeline_options_pass_through_in_the_tfds_format():
-    options = beam_writer.pipeline_options_from(
+    options = beam.pipeline_options_from(
         ["runner=DataflowRunner", "project=my-project", "region=europe-west4", "save_main_session"], workers=8
     )
     assert options.view_as(pipeline_options.StandardOptions).runner == "DataflowRunner"
@@ -124,17 +126,17 @@ def test_pipeline_options_pass_through_in_the_tfds_format():
     assert options.view_as(pipeline_options.SetupOptions).save_main_session
     assert options.view_as(pipeline_options.DirectOptions).direct_num_workers == 1  # untouched
 
-    default = beam_writer.pipeline_options_from([], workers=3)
+    default = beam.pipeline_options_from([], workers=3)
     assert default.view_as(pipeline_options.StandardOptions).runner == "FnApiRunner"  # never Prism's download
     direct = default.view_as(pipeline_options.DirectOptions)
     assert (direct.direct_num_workers, direct.direct_running_mode) == (3, "multi_processing")
-    mine = beam_writer.pipeline_options_from(list(IN_PROCESS), workers=3).view_as(pipeline_options.DirectOptions)
+    mine = beam.pipeline_options_from(list(IN_PROCESS), workers=3).view_as(pipeline_options.DirectOptions)
     assert (mine.direct_num_workers, mine.direct_running_mode) == (1, "in_memory")
 
 
 def test_without_beam_installed_the_error_says_how_to_get_it(tree, tmp_path, monkeypatch):
-    monkeypatch.setattr(beam_writer, "beam", None)
-    with pytest.raises(writer.ConversionError, match=r"pip install -e '\.\[beam\]'"):
+    monkeypatch.setattr(beam, "beam", None)
+    with pytest.raises(conversion.ConversionError, match=r"pip install -e '\.\[beam\]'"):
         convert(tree.root, tmp_path / "out", runner="beam")
     assert not (tmp_path / "out").exists()
 

@@ -21,8 +21,8 @@ from benchmark import report
 from benchmark import targets
 from benchmark import timing
 from conftest import run_cli_cases
-from pipeline import augment
-from pipeline import dataset
+from pipeline.reader import augment
+from pipeline.reader import dataset
 
 
 LOADERS = (

@@ -19,8 +19,8 @@ from PIL import Image
 
 import warm
 from conftest import convert, make_image_tree, read_records
-from pipeline import out_dir
 from pipeline import schema
+from pipeline.converter import out_dir
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
 # TensorFlow's C++ start-up logging, which TF_CPP_MIN_LOG_LEVEL does not silence.
@@ -144,7 +144,7 @@ def test_an_odd_tree_converts_with_every_skip_and_its_reason(runs):
     assert returncode == 0, stderr
     src, out = runs["odd_src"], runs["root"] / "odd_records"
     manifest = schema.read_manifest(str(out))
-    skipped = {os.path.relpath(s["path"], src): s["reason"] for s in manifest.skipped}
+    skipped = {os.path.relpath(s.path, src): s.reason for s in manifest.skipped}
     assert skipped == runs["odd_reasons"]
     for name, reason in skipped.items():
         assert f"{src / name}: {reason}" in stdout

@@ -20,15 +20,15 @@ from pathlib import Path
 
 import pytest
 import tensorflow as tf
-from absl import flags
 
 from conftest import convert, copy_tree_to, make_image_tree
-from pipeline import dataset
-from pipeline import out_dir
-from pipeline import resume as resume_lib
+from pipeline import fileio
 from pipeline import schema
-from pipeline import storage
 from pipeline import verify
+from pipeline.converter.commands import CONVERT
+from pipeline.converter import out_dir
+from pipeline.converter import resume as resume_lib
+from pipeline.reader import dataset
 
 COUNTS = {"train": {"cats": 6, "dogs": 6}, "validation": {"cats": 2, "dogs": 2}}
 SIZES = [(24, 32), (32, 24)]
@@ -41,9 +41,9 @@ def _ram(name: str) -> str:
 def _files(folder: str) -> dict[str, bytes]:
     """name -> bytes of the files directly in `folder` (local or URL)."""
     out = {}
-    for name in storage.listdir(folder):
+    for name in fileio.listdir(folder):
         path = os.path.join(folder, name)
-        if not storage.isdir(path):
+        if not fileio.isdir(path):
             with tf.io.gfile.GFile(path, "rb") as f:
                 out[name] = f.read()
     return out
@@ -103,7 +103,7 @@ def _check_records(records: str, local_records: Path, src: str) -> schema.Manife
         elif name != "dataset_info.json":  # which names its source too
             assert remote[name] == data, name  # the same bytes as a local conversion
     ours = f"{out_dir.SCRATCH_PREFIX}{socket.gethostname()}-"
-    assert not [name for name in storage.listdir(records) if name.startswith(ours)]
+    assert not [name for name in fileio.listdir(records) if name.startswith(ours)]
     return manifest
 
 
@@ -158,14 +158,14 @@ def test_stale_scratch_on_ram_is_removed_and_an_interrupted_run_resumes(
 
     def dying(scratch, result):
         write_result(scratch, result)
-        if len(storage.listdir(os.path.join(scratch, resume_lib.BOOKKEEPING))) == 4:  # plan + 3 sidecars
+        if len(fileio.listdir(os.path.join(scratch, resume_lib.BOOKKEEPING))) == 4:  # plan + 3 sidecars
             raise SystemExit("killed")
 
-    ours, rmtree = f"{out}/{out_dir.scratch_prefix()}", storage.rmtree
+    ours, rmtree = f"{out}/{out_dir.scratch_prefix()}", fileio.rmtree
 
     with monkeypatch.context() as patch:
         patch.setattr(resume_lib, "write_result", dying)
-        patch.setattr(storage, "rmtree", lambda path: None if path.startswith(ours) else rmtree(path))
+        patch.setattr(fileio, "rmtree", lambda path: None if path.startswith(ours) else rmtree(path))
         with pytest.raises(SystemExit):
             convert(src, out, num_shards=2)
     assert "removed 1 scratch folder" in capsys.readouterr().err
@@ -176,35 +176,23 @@ def test_stale_scratch_on_ram_is_removed_and_an_interrupted_run_resumes(
     assert len(lines) == 1 and lines[0].startswith("--resume: kept 3 of 4 shards of .convert-partial-"), lines
     assert summary.num_images == 16
     _check_records(out, root / "as_is", src)
-    assert storage.listdir(out).count(os.path.basename(other_host)) == 1  # another host's: kept
+    assert fileio.listdir(out).count(os.path.basename(other_host)) == 1  # another host's: kept
 
 
 def test_convert_py_main_in_process(tree, local_disk_untouched, capsys):
-    """convert.py's flags and main, on ram:// (its flags are removed again afterwards)."""
+    """convert.py's flags and main, on ram://."""
     local, root = tree
     src = copy_tree_to(local.root, _ram("pets"))
     out = _ram("records")
-    known = set(flags.FLAGS)
-    try:
-        import convert as convert_py
 
-        def main(*args: str) -> None:
-            flags.FLAGS.unparse_flags()
-            flags.FLAGS(
-                ["convert.py", f"--src={src}/", f"--out={out}", "--num_shards=3", "--image_size=20", *args]
-            )
-            convert_py.main(["convert.py"])
+    def main(*args: str) -> int:
+        return CONVERT.main(["convert.py", f"--src={src}/", f"--out={out}", "--num_shards=3", "--image_size=20", *args])
 
-        main("--workers=2", "--runner=local", "--beam_pipeline_options=")
-        refused = "^convert.py: error: --resume is not supported with --runner=beam"
-        with pytest.raises(SystemExit, match=refused):
-            main("--overwrite", "--resume", "--runner=beam", "--beam_pipeline_options=runner=DirectRunner")
-        with pytest.raises(flags.IllegalFlagValueError, match="--runner"):
-            main("--runner=spark")
-    finally:
-        flags.FLAGS.unparse_flags()
-        for name in set(flags.FLAGS) - known:
-            delattr(flags.FLAGS, name)
-        sys.modules.pop("convert", None)
-    assert capsys.readouterr().out.startswith(f"Wrote 16 images to {out}")
+    assert main("--workers=2", "--runner=local", "--beam_pipeline_options=") == 0
+    captured = capsys.readouterr()
+    assert main("--overwrite", "--resume", "--runner=beam", "--beam_pipeline_options=runner=DirectRunner") == 1
+    assert capsys.readouterr().err.startswith("convert.py: error: --resume is not supported with --runner=beam")
+    assert main("--runner=spark") == 1
+    assert "--runner" in capsys.readouterr().err
+    assert captured.out.startswith(f"Wrote 16 images to {out}")
     _check_records(out, root / "resized", src)

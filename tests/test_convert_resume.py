@@ -22,9 +22,9 @@ import pytest
 
 import warm
 from conftest import convert, make_image_tree
-from pipeline import out_dir
-from pipeline import resume as resume_lib
-from pipeline import writer
+from pipeline.converter import conversion
+from pipeline.converter import out_dir
+from pipeline.converter import resume as resume_lib
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
 TF_LOG_PREFIXES = ("WARNING: All log messages", "I0000", "E0000", "W0000")
@@ -192,9 +192,9 @@ def test_resume_with_nothing_to_resume_converts_and_says_so(tree, reference, tmp
 
 
 def test_resume_is_refused_with_the_beam_runner(tree, tmp_path):
-    with pytest.raises(writer.ConversionError, match="--resume is not supported with --runner=beam"):
+    with pytest.raises(conversion.ConversionError, match="--resume is not supported with --runner=beam"):
         convert(tree, tmp_path / "records", resume=True, runner="beam")
-    with pytest.raises(writer.ConversionError, match="--runner must be local or beam, got 'spark'"):
+    with pytest.raises(conversion.ConversionError, match="--runner must be local or beam, got 'spark'"):
         convert(tree, tmp_path / "records", runner="spark")
     assert not (tmp_path / "records").exists()
 
@@ -204,9 +204,9 @@ def test_resume_is_refused_with_the_beam_runner(tree, tmp_path):
 _KILLED_IN_THE_SWAP = textwrap.dedent(
     """
     import os, runpy, signal, sys
-    from pipeline import storage
+    from pipeline import fileio
 
-    real_replace, renames = storage.replace, []
+    real_replace, renames = fileio.replace, []
 
     def replace(src, dst):
         renames.append(dst)
@@ -214,7 +214,7 @@ _KILLED_IN_THE_SWAP = textwrap.dedent(
             os.kill(os.getpid(), signal.SIGKILL)
         real_replace(src, dst)
 
-    storage.replace = replace
+    fileio.replace = replace
     sys.argv[0] = "convert.py"
     runpy.run_path("convert.py", run_name="__main__")
     """

@@ -21,8 +21,10 @@ import tensorflow as tf
 
 import warm
 from conftest import COLOUR_TOLERANCE, convert, make_image_tree, nearest_palette_colour
+from pipeline import schema
+from pipeline.reader import augment, dataset, service
+from model import run_config
 from model import training
-from pipeline import augment, dataset, schema, service
 
 REPO = Path(__file__).resolve().parents[1]
 COUNTS = {"train": {"cats": 14, "dogs": 13}, "validation": {"cats": 3, "dogs": 3}}
@@ -103,9 +105,9 @@ def cluster():
     cluster.stop()
 
 
-def _config(records: Path, address: str, **kwargs) -> training.TrainConfig:
-    return training.TrainConfig(
-        records=str(records), data_service=address, batch_size=4, image_size=24, augment_on=training.AugmentOn.HOST,
+def _config(records: Path, address: str, **kwargs) -> run_config.TrainConfig:
+    return run_config.TrainConfig(
+        records=str(records), data_service=address, batch_size=4, image_size=24, augment_on=run_config.AugmentOn.HOST,
         **kwargs,
     )
 

@@ -1,4 +1,4 @@
-"""pipeline.dataset.train_dataset and eval_dataset: records -> batches, as flow_from_directory."""
+"""pipeline.reader.dataset.train_dataset and eval_dataset: records -> batches, as flow_from_directory."""
 
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ from conftest import (
     read_records,
     require_cat_dog_small,
 )
-from pipeline import augment
-from pipeline import dataset
 from pipeline import schema
-from pipeline import transforms
+from pipeline.reader import augment
+from pipeline.reader import dataset
+from pipeline.reader import transforms
 
 SIZE = (20, 20)
 SOLID_COUNTS = {

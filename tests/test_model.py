@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import pytest
 
+from pipeline.reader import augment
 from model import cnn
-from pipeline import augment
 
 SIZE = (32, 32)
 

@@ -24,9 +24,9 @@ import tensorflow as tf
 
 import warm
 from conftest import convert, make_image_tree
-from pipeline import dataset
 from pipeline import schema
 from pipeline import verify
+from pipeline.reader import dataset
 
 COUNTS = {"train": {"cats": 6, "dogs": 6}, "validation": {"cats": 3, "dogs": 3}}
 NUM_SHARDS = 3  # train: 3 shards of 4 records; validation: 3 of 2

@@ -14,8 +14,10 @@ import uuid
 import tensorflow as tf
 
 from conftest import sample_records
+from pipeline import schema
+from pipeline.reader import dataset
+from model import run_config
 from model import training
-from pipeline import dataset, schema
 
 
 def _copy_to_ram(local: str) -> str:
@@ -38,10 +40,10 @@ def test_records_read_and_a_run_trains_and_resumes_on_ram(tmp_path):
     assert manifest.splits["train"].num_examples == 16
 
     model_dir = records.replace("/records", "/run")
-    run = training.TrainConfig(records=records, model_dir=model_dir, epochs=1, batch_size=4, image_size=32, verbose=0)
+    run = run_config.TrainConfig(records=records, model_dir=model_dir, epochs=1, batch_size=4, image_size=32, verbose=0)
     training.train_and_evaluate(run)
-    again = training.train_and_evaluate(training.TrainConfig(**{**run.__dict__, "epochs": 2}))
-    assert again["epochs_done"] == 2
+    again = training.train_and_evaluate(run_config.TrainConfig(**{**run.__dict__, "epochs": 2}))
+    assert again.epochs_done == 2
     history = json.loads(tf.io.gfile.GFile(f"{model_dir}/history.json").read())
     assert [entry["epoch"] for entry in history] == [0, 1]
     for name in ("model.keras", "results.json", "run.json", "training_curves.png", "checkpoints/epoch_002.keras"):

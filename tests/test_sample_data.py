@@ -5,7 +5,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from pipeline import sample_data
+from pipeline.converter import sample_data
 
 
 def _digest(root: Path) -> dict[str, str]:

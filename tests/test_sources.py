@@ -1,4 +1,4 @@
-"""pipeline.sources: finding the images of a class-folder tree."""
+"""pipeline.converter.sources: finding the images of a class-folder tree."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 from conftest import copy_tree_to, make_image_tree
-from pipeline import sources
+from pipeline.converter import sources
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +191,7 @@ def test_validation_fraction_out_of_range(split_tree, fraction):
 
 def _reasons(scan, root) -> dict[str, str]:
     """{path relative to `root`: reason} of the skipped entries."""
-    return {os.path.relpath(s["path"], root): s["reason"] for s in scan.skipped}
+    return {os.path.relpath(s.path, root): s.reason for s in scan.skipped}
 
 
 def test_a_symlink_loop_lists_each_file_once(tmp_path):
@@ -202,7 +202,7 @@ def test_a_symlink_loop_lists_each_file_once(tmp_path):
     scan = sources.scan_image_folder(str(tree.root))
     assert _relpaths(scan.splits["train"]) == sorted(im.relpath for im in tree.images)
     assert _reasons(scan, tree.root) == {"cats/again": "symlink loop", "dogs/up": "symlink loop"}
-    assert {s["split"] for s in scan.skipped} == {"train"}
+    assert {s.split for s in scan.skipped} == {"train"}
 
 
 def test_each_real_file_counts_once_and_keeps_its_own_class(tmp_path):
@@ -249,7 +249,7 @@ def test_a_file_linked_into_two_splits_counts_once(tmp_path):
     os.symlink("../../train/cats/cats.000.jpg", tree.root / "validation" / "cats" / "leak.jpg")
     scan = sources.scan_image_folder(str(tree.root))
     assert scan.num_files == 4
-    assert [(s["split"], s["reason"].split(" as ")[0]) for s in scan.skipped] == [("validation", "same file")]
+    assert [(s.split, s.reason.split(" as ")[0]) for s in scan.skipped] == [("validation", "same file")]
 
 
 def test_symlinked_folders_inside_src_are_followed(tmp_path):
@@ -338,7 +338,7 @@ def _listing(scan, root) -> dict:
             ]
             for split, images in scan.splits.items()
         },
-        "skipped": [(os.path.relpath(s["path"], root), s["split"], s["reason"]) for s in scan.skipped],
+        "skipped": [(os.path.relpath(s.path, root), s.split, s.reason) for s in scan.skipped],
     }
 
 
@@ -373,7 +373,7 @@ def test_the_size_limit_and_unusable_urls(tmp_path):
         f.write(b"\0" * (2 * 2**20 + 1))
     scan = sources.scan_image_folder(remote, max_file_mb=2)
     assert _relpaths(scan.splits["train"]) == sorted(im.relpath for im in tree.images)
-    assert [(s["path"], s["reason"]) for s in scan.skipped] == [
+    assert [(s.path, s.reason) for s in scan.skipped] == [
         (f"{remote}/dogs/big.jpg", "larger than --max_file_mb=2 (2 MiB)")
     ]
     with pytest.raises(sources.SourceError, match="is not a folder"):

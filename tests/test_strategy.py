@@ -13,6 +13,7 @@ import pytest
 
 import warm
 from conftest import sample_records
+from model import run_config
 from model import training
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,9 +24,8 @@ _TWO_DEVICES = textwrap.dedent(
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    import train
-    from pipeline import cli
-    cli.run(train.main, "train.py")
+    from model.commands import TRAIN
+    TRAIN.run()
     """
 )
 COMMON = ["--batch_size=10", "--image_size=32", "--epochs=4", "--seed=3", "--verbose=2"]
@@ -60,7 +60,7 @@ def _last_val_accuracy(model_dir: Path) -> float:
 def test_mirrored_on_two_devices_learns_as_one_device_and_resumes_after_a_kill(records, driver, tmp_path):
     # The one-device reference: the same settings, trained in this process.
     single = tmp_path / "single"
-    training.train_and_evaluate(training.TrainConfig(
+    training.train_and_evaluate(run_config.TrainConfig(
         records=str(records), model_dir=str(single), batch_size=10, image_size=32, epochs=4, seed=3, verbose=0,
     ))
 

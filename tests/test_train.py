@@ -19,9 +19,9 @@ import tensorflow as tf
 
 import warm
 from conftest import run_cli_cases, sample_records
-from model import hardware, training
-from pipeline import augment  # noqa: F401  registers DeviceAugmentation for load_model
-from pipeline import sample_data, writer
+from pipeline.converter import sample_data, conversion
+from pipeline.reader import augment  # noqa: F401  registers DeviceAugmentation for load_model
+from model import hardware, run_config, training
 
 REPO = Path(__file__).resolve().parents[1]
 COMMON = ["--batch_size=6", "--image_size=32"]
@@ -43,7 +43,7 @@ GENUINE_BAD_FLAG = "--epochs=0"  # also run in a new interpreter
 def records(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
     sample_data.write_sample(str(root / "src"), {"train": 12, "validation": 4, "test": 4}, seed=3)
-    writer.convert_folder(str(root / "src"), str(root / "records"), workers=1, show_progress=False)
+    conversion.convert_folder(conversion.ConversionConfig(str(root / "src"), str(root / "records"), workers=1))
     return root / "records"
 
 
@@ -226,19 +226,19 @@ def test_gpu_extra_pins_the_same_tensorflow():
 
 
 def test_augmentation_goes_to_the_device_only_with_a_gpu():
-    config = training.TrainConfig(records="r")
+    config = run_config.TrainConfig(records="r")
     cpu = hardware.Hardware(gpus=(), cpu_cores=2)
     gpu = hardware.Hardware(gpus=("NVIDIA A100",), cpu_cores=16)
-    assert training.resolve_augment_on(config, cpu).augment_on is training.AugmentOn.HOST
-    assert training.resolve_augment_on(config, gpu).augment_on is training.AugmentOn.DEVICE
-    host = training.TrainConfig(records="r", augment_on=training.AugmentOn.HOST)
-    assert training.resolve_augment_on(host, gpu).augment_on is training.AugmentOn.HOST
+    assert run_config.resolve_augment_on(config, cpu).augment_on is run_config.AugmentOn.HOST
+    assert run_config.resolve_augment_on(config, gpu).augment_on is run_config.AugmentOn.DEVICE
+    host = run_config.TrainConfig(records="r", augment_on=run_config.AugmentOn.HOST)
+    assert run_config.resolve_augment_on(host, gpu).augment_on is run_config.AugmentOn.HOST
     assert hardware.cpu_only_warnings(gpu, True, True) == []
     assert len(hardware.cpu_only_warnings(cpu, True, True)) == 2
 
 
 def test_jit_compile_reaches_the_model_the_setup_and_the_warnings():
-    config = training.TrainConfig(records="r", image_size=32, jit_compile=True)
+    config = run_config.TrainConfig(records="r", image_size=32, jit_compile=True)
     assert training.build_model(config, 2).jit_compile is True
     assert training.build_model(dataclasses.replace(config, jit_compile=False), 2).jit_compile is False
     cpu = hardware.Hardware(gpus=(), cpu_cores=2)

@@ -20,8 +20,9 @@ import pytest
 
 import warm
 from conftest import sample_records
-from model import training
 from pipeline import schema
+from model import run_config
+from model import training
 
 REPO = Path(__file__).resolve().parents[1]
 COMMON = ["--batch_size=6", "--image_size=32", "--nocache", "--verbose=2"]
@@ -65,8 +66,7 @@ _DRIVER = textwrap.dedent(
     """
     import sys, time
     import keras
-    import train
-    from pipeline import cli
+    from model.commands import TRAIN
 
     calls = []
     real_save_weights = keras.Model.save_weights
@@ -81,7 +81,7 @@ _DRIVER = textwrap.dedent(
         time.sleep(600)
 
     keras.Model.save_weights = save_weights
-    cli.run(train.main, "train.py")
+    TRAIN.run()
     """
 )
 
@@ -123,23 +123,23 @@ def test_kill_during_an_epoch_and_after_training_resumes(records, tmp_path):
 
 
 def test_train_config_refuses_what_the_flags_refuse():
-    for field, bound in training.LOWER_BOUNDS.items():
+    for field, bound in run_config.LOWER_BOUNDS.items():
         with pytest.raises(ValueError, match=f"--{field} must be at least {bound}"):
-            training.TrainConfig(records="r", **{field: bound - 1})
+            run_config.TrainConfig(records="r", **{field: bound - 1})
     with pytest.raises(ValueError, match="learning_rate"):
-        training.TrainConfig(records="r", learning_rate=0.0)
+        run_config.TrainConfig(records="r", learning_rate=0.0)
 
 
 def test_the_cache_is_used_only_when_it_fits(records):
     manifest = schema.read_manifest(str(records))
-    config = training.TrainConfig(records=str(records), image_size=100)
+    config = run_config.TrainConfig(records=str(records), image_size=100)
     images = manifest.splits["train"].num_examples + manifest.splits["validation"].num_examples
     need = images * 100 * 100 * 3
     fits, reason = training.decide_cache(config, manifest, int(need / training.CACHE_MEMORY_SHARE) + 1)
     assert fits and reason.startswith(f"on: {images} decoded images")
     fits, reason = training.decide_cache(config, manifest, available_bytes=need)
     assert not fits and "streaming from the records" in reason
-    no_cache = training.TrainConfig(records=str(records), image_size=100, cache=False)
+    no_cache = run_config.TrainConfig(records=str(records), image_size=100, cache=False)
     assert training.decide_cache(no_cache, manifest, available_bytes=10**15) == (
         False, "off (--nocache): every epoch decodes the records"
     )

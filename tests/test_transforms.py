@@ -1,4 +1,4 @@
-"""pipeline.transforms, each stage eagerly and inside tf.data.Dataset.map."""
+"""pipeline.reader.transforms, each stage eagerly and inside tf.data.Dataset.map."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import tensorflow as tf
 from PIL import Image
 
 from conftest import gradient_array
-from pipeline import transforms
+from pipeline.reader import transforms
 
 RATIOS = (1, 2, 4, 8)
 

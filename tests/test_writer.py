@@ -1,4 +1,4 @@
-"""pipeline.writer.convert_folder and the convert.py command line."""
+"""pipeline.converter.conversion.convert_folder and the convert.py command line."""
 
 from __future__ import annotations
 
@@ -32,12 +32,12 @@ from conftest import (
     read_records,
     save_image,
 )
-from pipeline import decoders
-from pipeline import out_dir
 from pipeline import schema
-from pipeline import sharding
-from pipeline import sources
-from pipeline import writer
+from pipeline.converter import conversion
+from pipeline.converter import decoders
+from pipeline.converter import out_dir
+from pipeline.converter import sharding
+from pipeline.converter import sources
 
 SHARD_RE = re.compile(r"^(?P<name>[a-z0-9_]+)-(?P<split>\w+)\.tfrecord-(?P<i>\d{5})-of-(?P<n>\d{5})$")
 
@@ -58,7 +58,7 @@ def _check_colour(image: np.ndarray, colour) -> None:
 
 def _reasons(skipped, root) -> dict[str, str]:
     """{path relative to `root`: reason} of skipped entries."""
-    return {os.path.relpath(s["path"], root): s["reason"] for s in skipped}
+    return {os.path.relpath(s.path, root): s.reason for s in skipped}
 
 
 def _add_bad_files(folder: Path) -> dict[str, str]:
@@ -223,9 +223,9 @@ def test_explicit_num_shards_and_cap_at_the_image_count(split_tree, tmp_path):
     )
 
 
-def test_shard_bytes_sets_the_number_of_shards(split_tree, tmp_path):
+def test_shard_mb_sets_the_number_of_shards(split_tree, tmp_path):
     train_bytes = sum(im.path.stat().st_size for im in split_tree.split("train"))
-    summary = convert(split_tree.root, tmp_path / "records", shard_bytes=train_bytes // 10)
+    summary = convert(split_tree.root, tmp_path / "records", shard_mb=train_bytes / 10 / 2**20)
     assert len(summary.manifest.splits["train"].shards) >= 10
     assert summary.manifest.splits["train"].num_examples == 24
 
@@ -309,15 +309,15 @@ def test_bad_files_are_skipped_and_reported(tmp_path):
     reasons = _add_bad_files(tree.root / "cats")
     summary = convert(tree.root, tmp_path / "records")
 
-    skipped = {Path(s["path"]).name: s for s in summary.skipped}
+    skipped = {Path(s.path).name: s for s in summary.skipped}
     assert sorted(skipped) == sorted(reasons)
     for name, word in reasons.items():
         entry = skipped[name]
-        assert entry["split"] == "train"
-        assert word in entry["reason"], entry
-        assert entry["path"] == os.path.abspath(tree.root / "cats" / name)
+        assert entry.split == "train"
+        assert word in entry.reason, entry
+        assert entry.path == os.path.abspath(tree.root / "cats" / name)
     manifest = schema.read_manifest(str(tmp_path / "records"))
-    assert [dict(s) for s in manifest.skipped] == [dict(s) for s in summary.skipped]  # as on disk
+    assert manifest.skipped == summary.skipped  # as on disk
     info = manifest.splits["train"]
     assert info.num_examples == 8
     assert sum(count_records(tmp_path / "records" / s.filename) for s in info.shards) == 8
@@ -325,7 +325,7 @@ def test_bad_files_are_skipped_and_reported(tmp_path):
     text = summary.format()
     assert re.search(r"skipped\s+3 files", text)
     for entry in summary.skipped:
-        assert f"{entry['path']}: {entry['reason']}" in text
+        assert f"{entry.path}: {entry.reason}" in text
 
 
 def test_a_split_with_only_bad_files_is_left_out(tmp_path):
@@ -334,7 +334,7 @@ def test_a_split_with_only_bad_files_is_left_out(tmp_path):
     _add_bad_files(tree.root / "test" / "cats")
     summary = convert(tree.root, tmp_path / "records")
     assert set(summary.manifest.splits) == {"train"}
-    assert {s["split"] for s in summary.skipped} == {"test"}
+    assert {s.split for s in summary.skipped} == {"test"}
     assert not [f for f in _shard_files(tmp_path / "records") if "-test." in f]
 
 
@@ -342,7 +342,7 @@ def test_strict_fails_on_a_bad_file_and_leaves_nothing(tmp_path):
     tree = make_image_tree(tmp_path / "src", "flat", {"cats": 3, "dogs": 3}, (16, 16))
     _add_bad_files(tree.root / "dogs")
     out = tmp_path / "out" / "records"
-    with pytest.raises(writer.ConversionError, match=r"--strict: .*dogs.*\.jpg"):
+    with pytest.raises(conversion.ConversionError, match=r"--strict: .*dogs.*\.jpg"):
         convert(tree.root, out, strict=True)
     assert not out.exists()
     assert not _partial_folders(out.parent)
@@ -352,7 +352,7 @@ def test_no_decodable_image_is_an_error(tmp_path):
     _add_bad_files(tmp_path / "src" / "cats")
     _add_bad_files(tmp_path / "src" / "dogs")
     out = tmp_path / "records"
-    with pytest.raises(writer.ConversionError, match="decodes"):
+    with pytest.raises(conversion.ConversionError, match="decodes"):
         convert(tmp_path / "src", out)
     assert not out.exists()
     assert not _partial_folders(tmp_path)
@@ -363,14 +363,14 @@ def test_no_decodable_image_is_an_error(tmp_path):
     [
         ({"num_shards": 0}, "num_shards"),
         ({"image_size": (0, 8)}, "image_size"),
-        ({"shard_bytes": 0}, "shard_bytes"),
+        ({"shard_mb": 0}, "shard_mb"),
         ({"workers": -1}, "workers"),
         ({"max_file_mb": 0}, "max_file_mb"),
         ({"max_pixels": 0}, "max_pixels"),
     ],
 )
 def test_bad_arguments_are_errors(split_tree, tmp_path, kwargs, match):
-    with pytest.raises(writer.ConversionError, match=match):
+    with pytest.raises(conversion.ConversionError, match=match):
         convert(split_tree.root, tmp_path / "records", **kwargs)
     assert not (tmp_path / "records").exists()
 
@@ -378,7 +378,7 @@ def test_bad_arguments_are_errors(split_tree, tmp_path, kwargs, match):
 def test_an_out_that_is_a_file_is_an_error(split_tree, tmp_path):
     out = tmp_path / "records"
     out.write_text("not a folder")
-    with pytest.raises(writer.ConversionError, match="is a file"):
+    with pytest.raises(conversion.ConversionError, match="is a file"):
         convert(split_tree.root, out, overwrite=True)
     assert out.read_text() == "not a folder"
     assert not _partial_folders(tmp_path)
@@ -429,9 +429,9 @@ def test_scan_and_decode_skips_reach_the_summary_and_manifest(tmp_path, monkeypa
         "dogs/huge.png": "12000x12000 pixels, over --max_pixels=100000000",
         "dogs/notes.jpg": "not an image",
     }
-    assert {s["split"] for s in summary.skipped} == {"train"}
+    assert {s.split for s in summary.skipped} == {"train"}
     on_disk = schema.read_manifest(str(tmp_path / "records")).skipped
-    assert [dict(s) for s in on_disk] == [dict(s) for s in summary.skipped]
+    assert on_disk == summary.skipped
     assert re.search(r"skipped\s+5 files", summary.format())
 
     # The limits and the link policy are arguments.
@@ -447,7 +447,7 @@ def test_strict_fails_on_a_scan_skip_before_writing(tmp_path):
     tree = make_image_tree(tmp_path / "src", "flat", {"cats": 2, "dogs": 2}, (16, 16))
     os.symlink("gone.jpg", tree.root / "dogs" / "dangling.jpg")
     out = tmp_path / "records"
-    with pytest.raises(writer.ConversionError, match=r"--strict: .*dangling\.jpg: broken symlink"):
+    with pytest.raises(conversion.ConversionError, match=r"--strict: .*dangling\.jpg: broken symlink"):
         convert(tree.root, out, strict=True)
     assert not out.exists()
 
@@ -461,7 +461,7 @@ def test_an_empty_class_folder_is_an_error_naming_it(tmp_path):
     (tree.root / "birds").mkdir()
     out = tmp_path / "records"
     match = r"class birds has no image in train.*--classes=cats,dogs"
-    with pytest.raises(writer.ConversionError, match=match):
+    with pytest.raises(conversion.ConversionError, match=match):
         convert(tree.root, out)
     assert not out.exists()
 
@@ -477,7 +477,7 @@ def test_a_class_whose_every_file_is_skipped_is_an_error(split_tree, tmp_path, w
     out = tmp_path / "records"
     convert(split_tree.root, out)
     before = {name: (out / name).read_bytes() for name in os.listdir(out)}
-    with pytest.raises(writer.ConversionError, match=r"class birds has no image in train"):
+    with pytest.raises(conversion.ConversionError, match=r"class birds has no image in train"):
         convert(tree.root, out, overwrite=True)
     # Checked before anything is moved: the earlier records are whole.
     assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
@@ -486,22 +486,22 @@ def test_a_class_whose_every_file_is_skipped_is_an_error(split_tree, tmp_path, w
 def test_the_train_split_is_what_each_class_needs_images_in(tmp_path):
     counts = {"train": {"cats": 2}, "validation": {"cats": 1, "dogs": 1}}
     tree = make_image_tree(tmp_path / "src", "split", counts, (16, 16))
-    with pytest.raises(writer.ConversionError, match=r"class dogs has no image in train .*--classes=cats$"):
+    with pytest.raises(conversion.ConversionError, match=r"class dogs has no image in train .*--classes=cats$"):
         convert(tree.root, tmp_path / "records")
     # Without a train split, any split will do; a class in none is an error.
     counts = {"validation": {"cats": 1, "dogs": 1}, "test": {"cats": 1}}
     tree = make_image_tree(tmp_path / "eval_only", "split", counts, (16, 16))
     assert set(convert(tree.root, tmp_path / "eval").manifest.splits) == {"validation", "test"}
     (tree.root / "test" / "birds").mkdir()
-    with pytest.raises(writer.ConversionError, match=r"class birds has no image in any split"):
+    with pytest.raises(conversion.ConversionError, match=r"class birds has no image in any split"):
         convert(tree.root, tmp_path / "eval2")
 
 
 def test_a_single_class_is_refused(split_tree, tmp_path):
     tree = make_image_tree(tmp_path / "src", "flat", {"cats": 3}, (16, 16))
-    with pytest.raises(writer.ConversionError, match=r"only one class, cats: .*two or more class folders"):
+    with pytest.raises(conversion.ConversionError, match=r"only one class, cats: .*two or more class folders"):
         convert(tree.root, tmp_path / "records")
-    with pytest.raises(writer.ConversionError, match=r"only one class, dogs: .*--classes names one"):
+    with pytest.raises(conversion.ConversionError, match=r"only one class, dogs: .*--classes names one"):
         convert(split_tree.root, tmp_path / "records", classes=["dogs"])
     assert not (tmp_path / "records").exists()
 
@@ -520,7 +520,7 @@ def test_out_in_src_is_refused(tmp_path, where):
         "inside src through a link": tmp_path / "link" / "cats" / "records",
     }[where]
     match = "is --src itself" if where == "src itself" else "is inside --src"
-    with pytest.raises(writer.ConversionError, match=match):
+    with pytest.raises(conversion.ConversionError, match=match):
         convert(tree.root, out, overwrite=True)
     assert sorted(p.name for p in tree.root.iterdir()) == ["cats", "dogs"]
     assert not (tree.root / "cats" / "records").exists()
@@ -531,7 +531,7 @@ def test_user_files_named_like_tfds_metadata_need_overwrite(split_tree, tmp_path
     out = tmp_path / "records"
     out.mkdir()
     (out / name).write_text("the user's own")
-    with pytest.raises(writer.ConversionError, match=rf"{re.escape(name)}.*--overwrite"):
+    with pytest.raises(conversion.ConversionError, match=rf"{re.escape(name)}.*--overwrite"):
         convert(split_tree.root, out)
     assert (out / name).read_text() == "the user's own"
     assert os.listdir(out) == [name]
@@ -552,7 +552,7 @@ def test_existing_records_are_refused_then_replaced_with_overwrite(split_tree, t
     unrelated = out / "notes.txt"
     unrelated.write_text("kept")
 
-    with pytest.raises(writer.ConversionError, match="overwrite"):
+    with pytest.raises(conversion.ConversionError, match="overwrite"):
         convert(split_tree.root, out)
     assert _shard_files(out) == old
     assert schema.read_manifest(str(out)).class_names == ("x", "y")
@@ -576,7 +576,7 @@ def test_a_manifest_alone_counts_as_existing_records(split_tree, tmp_path):
     out = tmp_path / "records"
     out.mkdir()
     (out / schema.MANIFEST_FILENAME).write_text("{}")
-    with pytest.raises(writer.ConversionError, match="overwrite"):
+    with pytest.raises(conversion.ConversionError, match="overwrite"):
         convert(split_tree.root, out)
     # A folder with other files only is not refused.
     other = tmp_path / "other"
@@ -625,7 +625,7 @@ def test_a_refused_conversion_leaves_stale_scratch_alone(split_tree, tmp_path):
     convert(split_tree.root, out, num_shards=1)
     name = f"{out_dir.SCRATCH_PREFIX}{socket.gethostname()}-{_dead_pid()}-k1ll3d"
     (out / name).mkdir()
-    with pytest.raises(writer.ConversionError, match="overwrite"):
+    with pytest.raises(conversion.ConversionError, match="overwrite"):
         convert(split_tree.root, out)
     assert _partial_folders(out) == [name]
 

@@ -56,10 +56,10 @@ PRELOAD = (
     "matplotlib.figure",
     "matplotlib.backends.backend_agg",
     "absl.app",
-    "pipeline.writer",
+    "pipeline.converter.conversion",
     "pipeline.verify",
-    "pipeline.dataset",
-    "pipeline.service",
+    "pipeline.reader.dataset",
+    "pipeline.reader.service",
     "model.training",
     "benchmark.report",
 )

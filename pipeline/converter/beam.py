@@ -7,15 +7,16 @@ that grows with the photos over its workers::
 
     shard plans ──> (shard, position, image) ──Reshuffle──> encode_record
         (launcher)        one per image          (decode, validate, JPEG, Example)
-                 ──GroupByKey(shard)──> write_split ──> shard file + its result
+                 ──GroupByKey(shard)──> write_shard ──> shard file + its result
 
-Each shard is written by one worker with the local path's own `write_split`,
+Each shard is written by one worker with the local path's own `shards.write_shard`,
 from its records sorted by planned position, so both runners write the same
 bytes, and a rerun with the same seed rewrites them byte for byte. The
 workers' results (counts, sizes, skipped files) come back to the launcher
-in the shards' sidecars (`pipeline.resume`), as the local path keeps them;
+in the shards' sidecars (`pipeline.converter.resume`), as the local path keeps them;
 the manifest, TFDS metadata, verification and swap stay the local
-path's (`writer.convert_folder`).
+path's (`conversion.convert_folder`), and the
+encoding and writing of a shard are `shards`, which the local runner uses too.
 
 Runs on the DirectRunner's FnApiRunner here (one process per `workers`); any other runner
 takes its options from `options`, the `tfds build --beam_pipeline_options`
@@ -31,22 +32,19 @@ import dataclasses
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 
-from pipeline import imaging
-from pipeline import resume
-from pipeline import rules
 from pipeline import schema
-from pipeline import sharding
-from pipeline import sources
-from pipeline import writer
+from pipeline.converter import imaging
+from pipeline.converter import resume
+from pipeline.converter import rules
+from pipeline.converter import sharding
+from pipeline.converter import shards
+from pipeline.converter import sources
 
 try:
     import apache_beam as beam
     from apache_beam.options import pipeline_options
 except ImportError:  # an optional extra: say how to get it when it is asked for
     beam = None
-
-Skip = dict[str, str]
-
 
 @dataclasses.dataclass(frozen=True)
 class ShardTask:
@@ -98,13 +96,13 @@ def _encode(
     element: tuple[tuple[str, str], tuple[int, sources.SourceImage]],
     stored_size: tuple[int, int] | None,
     max_pixels: int,
-) -> tuple[tuple[str, str], tuple[int, sources.SourceImage, writer.Encoded]]:
+) -> tuple[tuple[str, str], tuple[int, sources.SourceImage, shards.Encoded]]:
     shard, (position, image) = element
-    return shard, (position, image, writer.encode_record(image, stored_size, max_pixels))
+    return shard, (position, image, shards.encode_record(image, stored_size, max_pixels))
 
 
 def _write_shard(
-    element: tuple[tuple[str, str], Iterable[tuple[int, sources.SourceImage, writer.Encoded]]],
+    element: tuple[tuple[str, str], Iterable[tuple[int, sources.SourceImage, shards.Encoded]]],
     scratch: str,
     class_names: Sequence[str],
 ) -> None:
@@ -113,7 +111,7 @@ def _write_shard(
     ordered = sorted(items, key=lambda item: item[0])
     images = [image for _, image, _ in ordered]
     encoded = iter([encoded for _, _, encoded in ordered])
-    result = writer.write_shard(split, filename, images, encoded, scratch, class_names)
+    result = shards.write_shard(split, filename, images, encoded, scratch, class_names)
     resume.write_result(scratch, result)  # whole or absent: a retried bundle rewrites it
     # Progress: a line per shard (on a cluster runner, in the workers' logs).
     print(f"wrote {filename}: {result.info.num_examples} images", file=sys.stderr, flush=True)
@@ -148,7 +146,7 @@ def write_splits(
     max_pixels: int = imaging.DEFAULT_MAX_PIXELS,
     workers: int = 1,
     options: Sequence[str] = (),
-) -> tuple[dict[str, schema.SplitInfo], list[Skip]]:
+) -> tuple[dict[str, schema.SplitInfo], list[schema.SkippedFile]]:
     """Writes every split's shards into `scratch` with a Beam pipeline.
 
     Returns:
@@ -169,7 +167,7 @@ def write_splits(
         raise rules.ConversionError(f"the Beam pipeline ended without writing {', '.join(missing)}")
     splits, skipped = {}, list(scan.skipped)
     for plan in plans:
-        shards = [results[filename] for filename in plan.shard_filenames]
-        splits[plan.name], split_skipped = resume.gather_split(plan.name, shards, scan.class_names)
+        written = [results[filename] for filename in plan.shard_filenames]
+        splits[plan.name], split_skipped = shards.gather_split(plan.name, written, scan.class_names)
         skipped += split_skipped
     return splits, skipped

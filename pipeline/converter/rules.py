@@ -9,10 +9,10 @@ import collections
 import os
 from collections.abc import Sequence
 
-from pipeline import out_dir
+from pipeline import fileio
 from pipeline import schema
-from pipeline import sources
-from pipeline import storage
+from pipeline.converter import out_dir
+from pipeline.converter import sources
 
 
 class ConversionError(ValueError):
@@ -24,10 +24,10 @@ def check_out(src: str | None, out: str, overwrite: bool) -> None:
 
     Either may be a URL; a local path and a URL are never inside each other.
     """
-    if storage.exists(out) and not storage.isdir(out):
+    if fileio.exists(out) and not fileio.isdir(out):
         raise ConversionError(f"--out {out} is a file, not a folder")
-    if src and storage.inside(src, out):  # a missing --src is the scan's error
-        where = "is --src itself" if storage.inside(out, src) else f"is inside --src {src}"
+    if src and fileio.inside(src, out):  # a missing --src is the scan's error
+        where = "is --src itself" if fileio.inside(out, src) else f"is inside --src {src}"
         raise ConversionError(f"--out {out} {where}: write the records outside the image folder")
     existing = out_dir.replaced_files(out)
     if existing and not overwrite:
@@ -77,11 +77,11 @@ def check_classes(class_names: Sequence[str], counts: dict[str, dict[str, int]])
     )
 
 
-def check_strict(skipped: Sequence[dict[str, str]]) -> None:
+def check_strict(skipped: Sequence[schema.SkippedFile]) -> None:
     """With --strict, any skipped file ends the conversion."""
     if skipped:
         more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
-        raise ConversionError(f"--strict: {skipped[0]['path']}: {skipped[0]['reason']}{more}")
+        raise ConversionError(f"--strict: {skipped[0].path}: {skipped[0].reason}{more}")
 
 
 def checked_scan(
@@ -131,5 +131,5 @@ def checked_splits(
     for split in written.values():
         if split.name not in splits:
             for shard in split.shards:
-                storage.remove(os.path.join(scratch, shard.filename))
+                fileio.remove(os.path.join(scratch, shard.filename))
     return splits

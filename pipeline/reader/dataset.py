@@ -25,9 +25,9 @@ import dataclasses
 
 import tensorflow as tf
 
-from pipeline import augment
 from pipeline import schema
-from pipeline import transforms
+from pipeline.reader import augment
+from pipeline.reader import transforms
 
 DEFAULT_IMAGE_SIZE = (150, 150)
 DEFAULT_BATCH_SIZE = 20
@@ -113,7 +113,7 @@ def decode_example(
     """Parses and decodes one record to a resized image.
 
     Args:
-      serialized: scalar `tf.string`, a record written by `pipeline.writer`.
+      serialized: scalar `tf.string`, a record written by `pipeline.converter.conversion`.
       image_size: (height, width).
       dct_scaling: see InputConfig.
       dtype: `tf.uint8` (rounded) or `tf.float32`, see

@@ -5,10 +5,10 @@ the final renames stay on one filesystem and, on a local disk, are atomic),
 then swaps it in: the old manifest goes first, the new one comes last, so a
 folder with a manifest is always whole. A conversion killed before the swap
 leaves only its scratch folder, which the next conversion into the same `out`
-removes, or resumes (`pipeline.resume`); one killed during the swap leaves
+removes, or resumes (`pipeline.converter.resume`); one killed during the swap leaves
 `out` without a manifest, which readers refuse.
 
-`out` may be a URL (`storage.is_url`): there every rename is
+`out` may be a URL (`fileio.is_url`): there every rename is
 `tf.io.gfile.rename`, on GCS and S3 a copy and a delete per file, so the swap
 is not atomic, only ordered: the manifest is still removed first and written
 last, and readers take the shards from it, never a half set.
@@ -26,8 +26,8 @@ import tempfile
 import threading
 from collections.abc import Iterator
 
+from pipeline import fileio
 from pipeline import schema
-from pipeline import storage
 
 # What tfds.folder_dataset.write_metadata writes beside the shards.
 TFDS_METADATA_FILES = ("dataset_info.json", "features.json", f"{schema.LABEL_KEY}.labels.txt")
@@ -36,11 +36,11 @@ SCRATCH_PREFIX = ".convert-partial-"
 
 def replaced_files(out: str) -> list[str]:
     """The files in `out` a conversion writes or removes: records, manifest, TFDS metadata."""
-    if not storage.isdir(out):
+    if not fileio.isdir(out):
         return []
     return sorted(
         name
-        for name in storage.listdir(out)
+        for name in fileio.listdir(out)
         if name in (schema.MANIFEST_FILENAME, *TFDS_METADATA_FILES) or f".{schema.FILE_FORMAT}-" in name
     )
 
@@ -78,12 +78,12 @@ def is_stale_scratch(name: str) -> bool:
 
 def stale_scratch(out: str) -> list[str]:
     """The names of the scratch folders in `out` that killed conversions left."""
-    return [name for name in sorted(storage.listdir(out)) if is_stale_scratch(name)]
+    return [name for name in sorted(fileio.listdir(out)) if is_stale_scratch(name)]
 
 
 def make_scratch(out: str) -> str:
     """A new scratch folder for this run, inside `out`."""
-    return storage.new_folder(out, scratch_prefix())
+    return fileio.new_folder(out, scratch_prefix())
 
 
 def adopt_scratch(old: str, out: str) -> str:
@@ -93,33 +93,26 @@ def adopt_scratch(old: str, out: str) -> str:
     it. Locally one rename of the folder (files keep their inodes); on a URL
     store each file is renamed, since folders there are only name prefixes.
     """
-    if not storage.is_url(out):
+    if not fileio.is_url(out):
         new = tempfile.mkdtemp(prefix=scratch_prefix(), dir=out)
         os.replace(old, new)  # over the empty folder just made
         return new
     new = make_scratch(out)
-    for folder, _, names in _walk_url(old):
+    for folder, _, names in fileio.walk_url(old):
         relative = folder[len(old):].lstrip("/")
         target = f"{new}/{relative}" if relative else new
-        storage.makedirs(target)
+        fileio.makedirs(target)
         for name in names:
-            storage.replace(f"{folder}/{name}", f"{target}/{name}")
-    storage.rmtree(old)
+            fileio.replace(f"{folder}/{name}", f"{target}/{name}")
+    fileio.rmtree(old)
     return new
-
-
-def _walk_url(folder: str) -> Iterator[tuple[str, list[str], list[str]]]:
-    import tensorflow as tf  # a URL store only
-
-    for parent, folders, files in tf.io.gfile.walk(folder):
-        yield parent.rstrip("/"), [f.rstrip("/") for f in folders], files
 
 
 def remove_stale_scratch(out: str, keep: str | None = None) -> None:
     """Removes the scratch folders that killed conversions left in `out` (but `keep`), saying so."""
     stale = [name for name in stale_scratch(out) if name != keep]
     for name in stale:
-        storage.rmtree(os.path.join(out, name))
+        fileio.rmtree(os.path.join(out, name))
     if stale:
         print(
             f"removed {len(stale)} scratch folder(s) that interrupted conversions left in {out}: "
@@ -150,18 +143,18 @@ def move_into_place(scratch: str, out: str) -> None:
     The old manifest goes first, so that from then on the folder reads as
     unfinished; the new manifest comes last, so that a folder with a manifest
     is always whole. Ctrl-C waits for the end of these few renames. Hidden
-    entries of `scratch` are its own bookkeeping (`pipeline.resume`) and stay.
+    entries of `scratch` are its own bookkeeping (`pipeline.converter.resume`) and stay.
     """
     with sigint_held():
         old = replaced_files(out)
         if schema.MANIFEST_FILENAME in old:
-            storage.remove(os.path.join(out, schema.MANIFEST_FILENAME))
-        new = {name for name in storage.listdir(scratch) if not name.startswith(".")}
+            fileio.remove(os.path.join(out, schema.MANIFEST_FILENAME))
+        new = {name for name in fileio.listdir(scratch) if not name.startswith(".")}
         for name in old:
             if name not in new and name != schema.MANIFEST_FILENAME:
-                storage.remove(os.path.join(out, name))
+                fileio.remove(os.path.join(out, name))
         for name in sorted(new, key=lambda n: n == schema.MANIFEST_FILENAME):
-            storage.replace(os.path.join(scratch, name), os.path.join(out, name))
+            fileio.replace(os.path.join(scratch, name), os.path.join(out, name))
 
 
 def write_tfds_metadata(folder: str, manifest: schema.Manifest) -> None:
@@ -172,15 +165,13 @@ def write_tfds_metadata(folder: str, manifest: schema.Manifest) -> None:
     files are made in a local temporary folder (beside empty stand-ins of the
     shards, whose names TFDS reads) and copied, so every scheme works alike.
     """
-    if not storage.is_url(folder):
+    if not fileio.is_url(folder):
         schema.write_tfds_metadata(folder, manifest)
         return
-    import tensorflow as tf  # a URL store only
-
     with tempfile.TemporaryDirectory(prefix="tfds-metadata-") as staging:
         shards = [shard.filename for split in manifest.splits.values() for shard in split.shards]
         for name in shards:
             open(os.path.join(staging, name), "wb").close()
         schema.write_tfds_metadata(staging, manifest)
         for name in sorted(set(os.listdir(staging)) - set(shards)):
-            tf.io.gfile.copy(os.path.join(staging, name), f"{folder}/{name}", overwrite=True)
+            fileio.copy(os.path.join(staging, name), f"{folder}/{name}")

@@ -21,7 +21,7 @@ whatever links lead to it; symlinked folders are followed without looping;
 what is not a regular file (FIFO, device, socket, broken link), what a link
 leads to outside `src` and files over the size limit are not listed but
 skipped, each with its reason (`FolderScan.skipped`). The walks are in
-`pipeline.walk`.
+`pipeline.converter.walk`.
 """
 
 from __future__ import annotations
@@ -31,13 +31,13 @@ import os
 import random
 from collections.abc import Sequence
 
-from pipeline import storage
-from pipeline import walk
+from pipeline import fileio
+from pipeline import schema
+from pipeline.converter import walk
 
 SPLIT_NAMES = ("train", "validation", "test")
 DEFAULT_MAX_FILE_MB = 256
 
-skip_entry = walk.skip_entry  # one entry of a skipped list: {"path", "split", "reason"}
 
 
 class SourceError(ValueError):
@@ -65,13 +65,13 @@ class FolderScan:
     Attributes:
       class_names: label index -> class name.
       splits: split name -> its images; no split is empty.
-      skipped: entries of the tree that are not listed, each
-        {"path", "split", "reason"}, in the order they were found.
+      skipped: entries of the tree that are not listed, in the order they
+        were found.
     """
 
     class_names: tuple[str, ...]
     splits: dict[str, list[SourceImage]]
-    skipped: tuple[dict[str, str], ...] = ()
+    skipped: tuple[schema.SkippedFile, ...] = ()
 
     @property
     def num_files(self) -> int:
@@ -80,9 +80,9 @@ class FolderScan:
 
 def _subfolders(path: str) -> list[str]:
     """The folders in `path`, hidden ones left out, sorted."""
-    if storage.is_url(path):
-        names = [name for name in storage.listdir(path) if name and not name.startswith(".")]
-        return sorted(name for name in names if storage.isdir(f"{path}/{name}"))
+    if fileio.is_url(path):
+        names = [name for name in fileio.listdir(path) if name and not name.startswith(".")]
+        return sorted(name for name in names if fileio.isdir(f"{path}/{name}"))
     return sorted(
         entry.name
         for entry in os.scandir(path)
@@ -137,13 +137,13 @@ def _walk_tree(
     max_file_mb: int,
 ) -> tuple[dict[str, list[SourceImage]], list[dict[str, str]]]:
     """(the files of each split, the skipped entries) of the class folders."""
-    if storage.is_url(src):
+    if fileio.is_url(src):
         tree = walk.UrlWalk(max_file_mb)
     else:
         tree = walk.LocalWalk(src, follow_external_links, max_file_mb)
     for split, split_dir in split_dirs.items():
         for label, name in enumerate(class_names):
-            if storage.isdir(os.path.join(split_dir, name)):
+            if fileio.isdir(os.path.join(split_dir, name)):
                 tree.walk_class(split_dir, walk.ClassFolder(split, label, name))
     tree.finish()
     found = tree.unique_files()
@@ -189,9 +189,9 @@ def scan_image_folder(
     """
     if not src:
         raise SourceError("--src is required: the image folder to convert")
-    if storage.is_url(src):
-        src = storage.absolute(src)  # no trailing "/": names are joined to it
-    if not storage.isdir(src):
+    if fileio.is_url(src):
+        src = fileio.absolute(src)  # no trailing "/": names are joined to it
+    if not fileio.isdir(src):
         raise SourceError(f"--src {src} is not a folder")
     if not 0.0 <= validation_fraction < 1.0:
         raise SourceError(
@@ -219,6 +219,6 @@ def scan_image_folder(
     if not splits:
         message = f"{src} has no files in its class folders ({', '.join(class_names)})"
         if skipped:  # say why, since no summary will
-            message += f"; {len(skipped)} skipped, e.g. {skipped[0]['path']}: {skipped[0]['reason']}"
+            message += f"; {len(skipped)} skipped, e.g. {skipped[0].path}: {skipped[0].reason}"
         raise SourceError(message)
     return FolderScan(class_names=class_names, splits=splits, skipped=tuple(skipped))

@@ -13,9 +13,9 @@ import random
 import re
 from collections.abc import Iterator, Sequence
 
+from pipeline import fileio
 from pipeline import schema
-from pipeline import sources
-from pipeline import storage
+from pipeline.converter import sources
 
 DEFAULT_SHARD_BYTES = 100 * 1024 * 1024
 # Several shards per split even when small: they are read in parallel.
@@ -26,7 +26,7 @@ _JPEG_BYTES_PER_PIXEL = 0.5
 
 def dataset_name_for(src: str) -> str:
     """A TFDS-valid snake_case name from the source folder's name."""
-    base = storage.basename(src).lower()
+    base = fileio.basename(src).lower()
     name = re.sub(r"[^a-z0-9]+", "_", base).strip("_")
     if not name or not name[0].isalpha():
         name = f"images_{name}".rstrip("_")
@@ -45,7 +45,7 @@ def plan_num_shards(
 ) -> int:
     """Enough shards to keep each under `shard_bytes`, and several if possible."""
     if stored_size is None:  # the scan's sizes: no second stat (a request, on a URL)
-        estimate = sum(storage.size(im.path) if im.size is None else im.size for im in images)
+        estimate = sum(fileio.size(im.path) if im.size is None else im.size for im in images)
     else:
         estimate = len(images) * stored_size[0] * stored_size[1] * _JPEG_BYTES_PER_PIXEL
     by_size = math.ceil(estimate / shard_bytes)

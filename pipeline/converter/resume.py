@@ -32,49 +32,14 @@ from typing import Any
 import PIL
 
 from pipeline import fileio
-from pipeline import out_dir
 from pipeline import schema
-from pipeline import sharding
-from pipeline import storage
 from pipeline import verify
+from pipeline.converter import out_dir
+from pipeline.converter import sharding
+from pipeline.converter import shards
 
 BOOKKEEPING = ".resume"  # hidden: the swap moves only the records
 PLAN_FILENAME = "plan.json"
-
-
-@dataclasses.dataclass(frozen=True)
-class ShardResult:
-    """What one finished shard holds: what its sidecar records."""
-
-    split: str
-    info: schema.ShardInfo
-    class_counts: dict[str, int]
-    skipped: tuple[dict[str, str], ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "ShardResult":
-        return cls(
-            data["split"],
-            schema.ShardInfo(**data["info"]),
-            dict(data["class_counts"]),
-            tuple(dict(skip) for skip in data["skipped"]),
-        )
-
-
-def gather_split(
-    name: str, results: Sequence[ShardResult], class_names: Sequence[str]
-) -> tuple[schema.SplitInfo, list[dict[str, str]]]:
-    """A split's SplitInfo and skipped files, from its shards' results in order."""
-    class_counts = dict.fromkeys(class_names, 0)
-    skipped = []
-    for result in results:
-        for class_name, count in result.class_counts.items():
-            class_counts[class_name] += count
-        skipped += result.skipped
-    return schema.SplitInfo(name, tuple(result.info for result in results), class_counts), skipped
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,25 +92,25 @@ def read_plan(scratch: str) -> Plan | None:
     """The plan of a scratch folder; None if it has none that reads."""
     path = _bookkeeping(scratch, PLAN_FILENAME)
     try:
-        data = fileio.read_json(path) if storage.exists(path) else None
+        data = fileio.read_json(path) if fileio.exists(path) else None
         return Plan(str(data["fingerprint"]), dict(data["settings"])) if data else None
     except (ValueError, KeyError, TypeError, OSError):
         return None
 
 
-def write_result(scratch: str, result: ShardResult) -> None:
+def write_result(scratch: str, result: shards.ShardResult) -> None:
     """The sidecar of a shard just closed: from now on the shard counts as finished."""
     fileio.write_json(_bookkeeping(scratch, result.info.filename + ".json"), result.to_json())
 
 
-def read_results(scratch: str, filenames: Iterable[str]) -> dict[str, ShardResult]:
-    """filename -> ShardResult of the shards with a sidecar that reads."""
+def read_results(scratch: str, filenames: Iterable[str]) -> dict[str, shards.ShardResult]:
+    """filename -> shards.ShardResult of the shards with a sidecar that reads."""
     results = {}
     for filename in filenames:
         path = _bookkeeping(scratch, filename + ".json")
         try:
-            if storage.exists(path):
-                result = ShardResult.from_json(fileio.read_json(path))
+            if fileio.exists(path):
+                result = shards.ShardResult.from_json(fileio.read_json(path))
                 if result.info.filename == filename:
                     results[filename] = result
         except (ValueError, KeyError, TypeError, OSError):
@@ -188,7 +153,7 @@ def find(out: str, plan: Plan) -> str | None:
     plans = {name: read_plan(os.path.join(out, name)) for name in candidates}
     matching = [name for name, found in plans.items() if found and found.fingerprint == plan.fingerprint]
     if matching:
-        return max(matching, key=lambda name: len(storage.listdir(os.path.join(out, name, BOOKKEEPING))))
+        return max(matching, key=lambda name: len(fileio.listdir(os.path.join(out, name, BOOKKEEPING))))
     if not candidates:
         _say(f"no interrupted conversion in {out}: converting from the start")
     else:
@@ -203,7 +168,7 @@ def verified_results(
     plans: Sequence[sharding.SplitPlan],
     class_names: Sequence[str],
     dataset_name: str,
-) -> dict[str, ShardResult]:
+) -> dict[str, shards.ShardResult]:
     """The finished shards of an adopted scratch folder that pass the check, by file name.
 
     Every planned shard with a sidecar is checked against it as verify.py
@@ -218,13 +183,13 @@ def verified_results(
     for plan in plans:
         mine = [results[f] for f, _ in plan.shards() if f in results and results[f].split == plan.name]
         if mine:
-            splits[plan.name] = gather_split(plan.name, mine, class_names)[0]
-    kept: dict[str, ShardResult] = {}
+            splits[plan.name] = shards.gather_split(plan.name, mine, class_names)[0]
+    kept: dict[str, shards.ShardResult] = {}
     if splits:
         manifest = schema.Manifest(dataset_name, tuple(class_names), splits, None, scratch)
         schema.write_manifest(scratch, manifest)
         report = verify.find_damage(scratch)
-        storage.remove(os.path.join(scratch, schema.MANIFEST_FILENAME))
+        fileio.remove(os.path.join(scratch, schema.MANIFEST_FILENAME))
         damaged = set(report.by_file())
         if schema.MANIFEST_FILENAME not in damaged:
             kept = {
@@ -234,7 +199,7 @@ def verified_results(
                 if shard.filename not in damaged
             }
     for filename in set(results) - set(kept):
-        storage.remove(_bookkeeping(scratch, filename + ".json"))
+        fileio.remove(_bookkeeping(scratch, filename + ".json"))
     return kept
 
 
@@ -245,7 +210,7 @@ def open_scratch(
     plans: Sequence[sharding.SplitPlan],
     class_names: Sequence[str],
     dataset_name: str,
-) -> tuple[str, dict[str, ShardResult]]:
+) -> tuple[str, dict[str, shards.ShardResult]]:
     """This run's scratch folder in `out`, and the shards it already holds.
 
     With `resume`, a dead run's folder of the same plan, renamed to this

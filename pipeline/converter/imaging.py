@@ -2,7 +2,7 @@
 
 Runs in converter worker processes, so it uses Pillow only: no TensorFlow for
 a local file. A file at a URL is read with tf.io.gfile in the worker
-(`storage.read_bytes`); the local pool is forked before the converter touches
+(`fileio.read_bytes`); the local pool is forked before the converter touches
 any filesystem through TensorFlow (see `writer.convert_folder`), so each
 worker opens its own connections.
 """
@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 from PIL import Image, UnidentifiedImageError
 
-from pipeline import storage
+from pipeline import fileio
 
 DEFAULT_JPEG_QUALITY = 95
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -53,8 +53,8 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 def _read_regular_file(path: str) -> bytes:
     """The bytes of `path`, which must (still) be a regular file (any file at a URL)."""
-    if storage.is_url(path):  # no FIFOs there
-        return storage.read_bytes(path)
+    if fileio.is_url(path):  # no FIFOs there
+        return fileio.read_bytes(path)
     # The scan lists regular files only; should one become a FIFO since,
     # O_NONBLOCK keeps open() from waiting for a writer, and fstat refuses it.
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)

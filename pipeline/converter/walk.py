@@ -1,6 +1,6 @@
 """Walking the class folders of a source tree: what each entry is, and why some are skipped.
 
-Two walks, one per kind of path (`storage.is_url`):
+Two walks, one per kind of path (`fileio.is_url`):
 
 - `LocalWalk`, with `os`: each real file counts once, whatever links lead to
   it; symlinked folders are followed without looping; what is not a regular
@@ -24,7 +24,8 @@ import os
 import stat
 from collections.abc import Sequence
 
-from pipeline import storage
+from pipeline import fileio
+from pipeline import schema
 
 # st_mode file type -> its name in a skip reason.
 _FILE_TYPES = {
@@ -37,11 +38,6 @@ _FILE_TYPES = {
 _RealKey = tuple[int, int]
 # Stats of one URL folder's entries in flight at once.
 _STAT_THREADS = 16
-
-
-def skip_entry(path: str, split: str, reason: str) -> dict[str, str]:
-    """One entry of a skipped list, as the summary and the manifest report it."""
-    return {"path": path, "split": split, "reason": reason}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,10 +110,10 @@ class LocalWalk:
         self._walked: set[_RealKey] = set()
         self._linked: list[tuple] = []  # _walk_folder arguments of linked folders, for later
         self._reached: list[_Reached] = []
-        self.skipped: list[dict[str, str]] = []
+        self.skipped: list[schema.SkippedFile] = []
 
     def _skip(self, path: str, split: str, reason: str) -> None:
-        self.skipped.append(skip_entry(path, split, reason))
+        self.skipped.append(schema.SkippedFile(path, split, reason))
 
     def walk_class(self, split_dir: str, where: ClassFolder) -> None:
         """Lists the files of one class folder, `split_dir`/`where.name`."""
@@ -221,7 +217,7 @@ class LocalWalk:
             first = next((r for r in group if not r.via_link), group[0])
             kept.add(id(first))
             self.skipped += [
-                skip_entry(r.file.path, r.file.where.split, f"same file as {first.file.path}")
+                schema.SkippedFile(r.file.path, r.file.where.split, f"same file as {first.file.path}")
                 for r in group
                 if r is not first
             ]
@@ -234,7 +230,7 @@ class UrlWalk:
     def __init__(self, max_file_mb: int):
         self._max_file_mb = max_file_mb
         self._found: list[Found] = []
-        self.skipped: list[dict[str, str]] = []
+        self.skipped: list[schema.SkippedFile] = []
 
     def walk_class(self, split_dir: str, where: ClassFolder) -> None:
         """Lists the files of one class folder, `split_dir`/`where.name`."""
@@ -245,23 +241,23 @@ class UrlWalk:
 
     def _walk_folder(self, path: str, relpath: str, where: ClassFolder) -> None:
         try:
-            names = sorted(name for name in storage.listdir(path) if name and not name.startswith("."))
+            names = sorted(name for name in fileio.listdir(path) if name and not name.startswith("."))
         except OSError as e:
-            self.skipped.append(skip_entry(path, where.split, f"cannot read: {e}"))
+            self.skipped.append(schema.SkippedFile(path, where.split, f"cannot read: {e}"))
             return
         paths = [f"{path}/{name}" for name in names]
         with concurrent.futures.ThreadPoolExecutor(max(1, min(_STAT_THREADS, len(paths)))) as threads:
             stats = list(threads.map(_stat_or_error, paths))
         for name, entry, info in zip(names, paths, stats):
             if isinstance(info, OSError):
-                self.skipped.append(skip_entry(entry, where.split, f"cannot read: {info}"))
+                self.skipped.append(schema.SkippedFile(entry, where.split, f"cannot read: {info}"))
                 continue
             size, mtime_ns, is_folder = info
             if is_folder:
                 self._walk_folder(entry, f"{relpath}/{name}", where)
             elif size > self._max_file_mb * 2**20:
                 reason = f"larger than --max_file_mb={self._max_file_mb} ({size / 2**20:.0f} MiB)"
-                self.skipped.append(skip_entry(entry, where.split, reason))
+                self.skipped.append(schema.SkippedFile(entry, where.split, reason))
             else:
                 self._found.append(Found(entry, f"{relpath}/{name}", where, size, mtime_ns))
 
@@ -272,6 +268,6 @@ class UrlWalk:
 
 def _stat_or_error(path: str) -> tuple[int, int, bool] | OSError:
     try:
-        return storage.url_stat(path)
+        return fileio.url_stat(path)
     except OSError as e:
         return e

@@ -1,0 +1,112 @@
+"""train.py: trains the notebook's CNN on records written by convert.py.
+
+    python train.py --records=records/                      # the notebook's defaults
+    python train.py --records=records/ --epochs=5 --model_dir=runs/quick
+    python train.py --records=records/ --augment_on=device --mixed_precision --jit_compile  # GPU
+
+Run it again with the same --model_dir to resume an interrupted run (or to
+continue a finished one to a larger --epochs). Each flag is a field of
+`model.run_config.TrainConfig`, of the same name and default.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow's first import
+
+import tensorflow as tf  # noqa: E402
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+
+from pipeline import cli  # noqa: E402
+from pipeline import verify  # noqa: E402
+from model import run_config  # noqa: E402
+from model import training  # noqa: E402
+
+_DEFAULTS = run_config.TrainConfig()
+_BOUNDS = run_config.LOWER_BOUNDS
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("records", _DEFAULTS.records, "Records folder written by convert.py.", flag_values=FLAGS)
+flags.DEFINE_string("model_dir", _DEFAULTS.model_dir, "Output folder; rerun with it to resume.", flag_values=FLAGS)
+flags.DEFINE_integer("epochs", _DEFAULTS.epochs, "Epochs.", lower_bound=_BOUNDS["epochs"], flag_values=FLAGS)
+flags.DEFINE_integer(
+    "batch_size", _DEFAULTS.batch_size, "Images per batch.", lower_bound=_BOUNDS["batch_size"], flag_values=FLAGS
+)
+flags.DEFINE_integer(
+    "steps_per_epoch", _DEFAULTS.steps_per_epoch, "Default: one pass over the train split.",
+    lower_bound=_BOUNDS["steps_per_epoch"], flag_values=FLAGS,
+)
+flags.DEFINE_integer(
+    "validation_steps", _DEFAULTS.validation_steps, "Default: the whole validation split.",
+    lower_bound=_BOUNDS["validation_steps"], flag_values=FLAGS,
+)
+flags.DEFINE_float("learning_rate", _DEFAULTS.learning_rate, "Adam learning rate (positive).", flag_values=FLAGS)
+flags.register_validator(
+    "learning_rate", lambda rate: rate > 0, "--learning_rate must be positive", flag_values=FLAGS
+)
+flags.DEFINE_boolean(
+    "augment", _DEFAULTS.augment, "The notebook's augmentation (flips, rotation, zoom, shift).", flag_values=FLAGS
+)
+flags.DEFINE_enum_class(
+    "augment_on", _DEFAULTS.augment_on, run_config.AugmentOn,
+    "host: in tf.data on the CPU; device: as the model's first layer, on the GPU; "
+    "auto: device when a GPU is found, else host.",
+    case_sensitive=False, flag_values=FLAGS,
+)
+flags.DEFINE_enum_class(
+    "strategy", _DEFAULTS.strategy, run_config.Strategy,
+    "default: one device; mirrored: every local GPU, one replica each (--batch_size is the global batch).",
+    case_sensitive=False, flag_values=FLAGS,
+)
+flags.DEFINE_integer(
+    "image_size", _DEFAULTS.image_size, "Square input size.", lower_bound=_BOUNDS["image_size"], flag_values=FLAGS
+)
+flags.DEFINE_boolean("cache", _DEFAULTS.cache, "Keep decoded images in memory after the first epoch.", flag_values=FLAGS)
+flags.DEFINE_boolean(
+    "mixed_precision", _DEFAULTS.mixed_precision, "float16 compute on GPU (bfloat16 on CPU).", flag_values=FLAGS
+)
+flags.DEFINE_boolean("jit_compile", _DEFAULTS.jit_compile, "Compile the train step with XLA.", flag_values=FLAGS)
+flags.DEFINE_boolean("save_h5", _DEFAULTS.save_h5, "Also save model.h5, as the notebook did.", flag_values=FLAGS)
+flags.DEFINE_string(
+    "data_service", _DEFAULTS.data_service,
+    "grpc://HOST:PORT of a tf.data service dispatcher whose workers prepare the training batches "
+    "(start them with data_service.py). Default: prepare them in this process.",
+    flag_values=FLAGS,
+)
+cli.define_int_pair(
+    "profile_batches", _DEFAULTS.profile_batches,
+    "Write a TensorBoard profiler trace of training batches A to B (e.g. 10,20) to <model_dir>/logs.",
+    FLAGS,
+)
+flags.register_validator(
+    "profile_batches", lambda pair: pair is None or 1 <= pair[0] <= pair[1], "needs 1 <= A <= B", flag_values=FLAGS
+)
+flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed of weights, shuffles and augmentation.", flag_values=FLAGS)
+flags.DEFINE_integer(
+    "verbose", _DEFAULTS.verbose, "Keras progress output: 0 silent, 1 bar, 2 a line per epoch.",
+    lower_bound=_BOUNDS["verbose"], upper_bound=2, flag_values=FLAGS,
+)
+
+
+def _train() -> None:
+    config = cli.config_from_flags(run_config.TrainConfig, FLAGS)
+    try:
+        result = training.train_and_evaluate(config)
+    except tf.errors.DataLossError:  # its message names no file: find the damaged shard
+        cli.fail(f"damaged records: {verify.find_damage(config.records).summary()}")
+    except tf.errors.InvalidArgumentError as e:  # a failed check of the reader names its shard
+        cli.fail(verify.error_text(e))
+    logging.info("done: %s", result)
+    if result.already_complete:
+        print(
+            f"{config.model_dir} already holds a finished run of {result.epochs_done} epochs: "
+            f"nothing to train (pass --epochs above {result.epochs_done} to continue it)"
+        )
+    else:
+        print(f"Saved the model and plots to {config.model_dir}")
+    if result.test is not None:
+        print("Test: " + ", ".join(f"{k} {v:.4f}" for k, v in result.test.items()))
+
+
+TRAIN = cli.Command("train.py", __doc__, FLAGS, _train, errors=(FileNotFoundError, ValueError))

@@ -1,0 +1,13 @@
+"""The converter: an image folder tree in, a records folder out, once.
+
+    src/{split}/{class}/*          sources, walk      scan: files, labels, what is skipped and why
+      -> shard plan                sharding           seeded shuffle, shard names and sizes
+      -> decode, normalise         decoders, imaging  worker processes: Pillow decode, RGB JPEG
+      -> encode, write shards      shards             one Example per image, shards in planned order
+           by the local pool       local              (or by Apache Beam: beam)
+      -> manifest, verify, swap    conversion, out_dir, resume, rules
+    records/                       read by `pipeline.reader` and by TFDS
+
+`conversion.convert_folder(ConversionConfig(...))` runs it; `commands` holds
+convert.py's flags.
+"""

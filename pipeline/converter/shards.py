@@ -1,0 +1,115 @@
+"""One shard file: the records of its images, encoded and written in planned order.
+
+Both runners write through here, the local pool (`local`) and Apache Beam
+(`beam`), so their shards are the same bytes:
+
+    SourceImage --encode_record (a worker)--> serialized Example, or the reason it is skipped
+    [Encoded, ...] in planned order --write_shard--> shard file + ShardResult
+    [ShardResult, ...] of a split --gather_split--> schema.SplitInfo + skipped files
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import tensorflow as tf
+
+from pipeline import fileio
+from pipeline import schema
+from pipeline.converter import imaging
+from pipeline.converter import sources
+
+# A worker's answer for one image: (serialized record, None) or (None, reason).
+Encoded = tuple[bytes | None, str | None]
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardResult:
+    """What one finished shard holds: what its sidecar records (`resume`)."""
+
+    split: str
+    info: schema.ShardInfo
+    class_counts: dict[str, int]
+    skipped: tuple[schema.SkippedFile, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "ShardResult":
+        return cls(
+            data["split"],
+            schema.ShardInfo(**data["info"]),
+            dict(data["class_counts"]),
+            tuple(schema.SkippedFile(**skip) for skip in data["skipped"]),
+        )
+
+
+def encode_record(
+    image: sources.SourceImage,
+    stored_size: tuple[int, int] | None,
+    max_pixels: int = imaging.DEFAULT_MAX_PIXELS,
+) -> Encoded:
+    """Worker task: the serialized record of one source image, or why it is skipped."""
+    try:
+        stored = imaging.load_for_storage(image.path, stored_size, max_pixels=max_pixels)
+    except imaging.ImageDecodeError as e:
+        return None, str(e)
+    except OSError as e:  # unreadable file: permissions, vanished, ...
+        return None, f"cannot read: {e.strerror or e}"
+    return schema.serialize_example({
+        schema.IMAGE_KEY: stored.encoded,
+        schema.LABEL_KEY: image.label,
+        schema.HEIGHT_KEY: stored.height,
+        schema.WIDTH_KEY: stored.width,
+        schema.FILENAME_KEY: image.relpath,
+    }), None
+
+
+def write_shard(
+    split: str,
+    filename: str,
+    images: Sequence[sources.SourceImage],
+    encoded: Iterator[Encoded],
+    folder: str,
+    class_names: Sequence[str],
+    on_image: Callable[[], None] = lambda: None,
+) -> ShardResult:
+    """Writes one shard file, `folder`/`filename`, from `encode_record` of each of `images`.
+
+    Args:
+      encoded: yields `encode_record` of each of `images`, in their order.
+      folder: a local path or a URL.
+      on_image: called after each image (progress).
+    """
+    path = os.path.join(folder, filename)
+    class_counts = dict.fromkeys(class_names, 0)
+    skipped, count = [], 0
+    with tf.io.TFRecordWriter(path) as writer:
+        for image in images:
+            record, reason = next(encoded)
+            on_image()
+            if record is None:
+                skipped.append(schema.SkippedFile(image.path, split, reason))
+                continue
+            writer.write(record)
+            class_counts[image.class_name] += 1
+            count += 1
+    info = schema.ShardInfo(filename, count, fileio.size(path))
+    return ShardResult(split, info, class_counts, tuple(skipped))
+
+
+def gather_split(
+    name: str, results: Sequence[ShardResult], class_names: Sequence[str]
+) -> tuple[schema.SplitInfo, list[schema.SkippedFile]]:
+    """A split's SplitInfo and skipped files, from its shards' results in order."""
+    class_counts = dict.fromkeys(class_names, 0)
+    skipped = []
+    for result in results:
+        for class_name, count in result.class_counts.items():
+            class_counts[class_name] += count
+        skipped += result.skipped
+    return schema.SplitInfo(name, tuple(result.info for result in results), class_counts), skipped
