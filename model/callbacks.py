@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -82,8 +83,21 @@ def limited_by(input_bound: float) -> str:
 
 
 def read_history(path: str) -> list[dict]:
-    """The epochs recorded in history.json, or [] when there is none."""
-    return fileio.read_json(path) if tf.io.gfile.exists(path) else []
+    """The epochs recorded in history.json, or [] when there is none.
+
+    Raises:
+      fileio.DamagedFileError: it does not read as a list of epochs.
+    """
+    if not tf.io.gfile.exists(path):
+        return []
+    remedy = "delete it to go on training (the curves then start from the next epoch)"
+    return fileio.read_state(path, _epochs, remedy)
+
+
+def _epochs(data: Any) -> list[dict]:
+    if not isinstance(data, list) or not all(isinstance(entry, dict) and "epoch" in entry for entry in data):
+        raise TypeError("a JSON list of epochs, each with its \"epoch\"")
+    return data
 
 
 class HistoryFile(keras.callbacks.Callback):

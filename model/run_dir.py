@@ -15,7 +15,7 @@ names are whole.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import keras
@@ -54,7 +54,9 @@ def record_settings(model_dir: str, settings: Mapping[str, Any]) -> None:
     if not tf.io.gfile.exists(path):
         fileio.write_json(path, settings)
         return
-    stored = fileio.read_json(path)
+    stored = fileio.read_state(
+        path, _settings, f"delete it to keep the backup and record this command's settings, or delete {model_dir}"
+    )
     changed = [
         f"{key}: {stored.get(key)!r} -> {settings.get(key)!r}"
         for key in sorted(set(stored) | set(settings))
@@ -67,10 +69,44 @@ def record_settings(model_dir: str, settings: Mapping[str, Any]) -> None:
         )
 
 
-def completed_epochs(backup_dir: str) -> int:
-    """Epochs whose state the backup holds (0 for none)."""
+def _settings(data: Any) -> dict:
+    if not isinstance(data, dict):
+        raise TypeError(f"a JSON object of settings, not {type(data).__name__}")
+    return data
+
+
+def _check_state(backup_dir: str) -> Callable[[Any], tuple[int, str]]:
+    """What state.json must hold: a positive epoch and the name of a weights file that is there."""
+
+    def check(data: Any) -> tuple[int, str]:
+        epoch, weights = data["epoch"], data["weights"]
+        if type(epoch) is not int or epoch < 1 or not isinstance(weights, str) or "/" in weights:
+            raise ValueError(f"it holds epoch {epoch!r} and weights {weights!r}")
+        if not tf.io.gfile.exists(os.path.join(backup_dir, weights)):
+            raise ValueError(f"the weights file it names, {weights}, is not there")
+        return epoch, weights
+
+    return check
+
+
+def read_backup_state(backup_dir: str) -> tuple[int, str] | None:
+    """(epochs done, weights file name) of the backup, or None when there is none.
+
+    Raises:
+      fileio.DamagedFileError: state.json does not read, or names weights
+        that are not there.
+    """
     path = os.path.join(backup_dir, _STATE_FILENAME)
-    return int(fileio.read_json(path)["epoch"]) if tf.io.gfile.exists(path) else 0
+    if not tf.io.gfile.exists(path):
+        return None
+    remedy = f"delete {backup_dir} to train again from the first epoch (the checkpoints stay)"
+    return fileio.read_state(path, _check_state(backup_dir), remedy)
+
+
+def completed_epochs(backup_dir: str) -> int:
+    """Epochs whose state the backup holds (0 for none); see `read_backup_state`."""
+    state = read_backup_state(backup_dir)
+    return state[0] if state else 0
 
 
 class Backup(keras.callbacks.Callback):
@@ -87,15 +123,15 @@ class Backup(keras.callbacks.Callback):
         self.backup_dir = backup_dir
 
     def on_train_begin(self, logs=None):
-        path = os.path.join(self.backup_dir, _STATE_FILENAME)
-        if not tf.io.gfile.exists(path):
+        state = read_backup_state(self.backup_dir)
+        if state is None:
             return
-        state = fileio.read_json(path)
+        epoch, weights = state
         with self.model.distribute_strategy.scope():  # variables are made and loaded in it
             if self.model.optimizer is not None and not self.model.optimizer.built:
                 self.model.optimizer.build(self.model.trainable_variables)
-            self.model.load_weights(os.path.join(self.backup_dir, state["weights"]))
-        self.model._initial_epoch = int(state["epoch"])  # as Keras' BackupAndRestore does
+            self.model.load_weights(os.path.join(self.backup_dir, weights))
+        self.model._initial_epoch = epoch  # as Keras' BackupAndRestore does
 
     def on_epoch_end(self, epoch, logs=None):
         tf.io.gfile.makedirs(self.backup_dir)

@@ -12,7 +12,8 @@
       backup/                # the last complete epoch's state: a rerun resumes here
       logs/                  # TensorBoard
 
-A rerun with the same model_dir resumes; one with other settings is refused.
+A rerun with the same model_dir resumes; one with other settings is refused;
+one while another process trains in it, too (`.train.lock`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from model import hardware
 from model import pictures
 from model import run_config
 from model import run_dir
+
+LOCK_FILENAME = ".train.lock"  # held by the run training in the model_dir (fileio.held)
 
 # The cache may take this share of the memory available at start; beyond it
 # the run streams from the records (a cache that does not fit kills the run).
@@ -226,12 +229,13 @@ def _finished_run(config: run_config.TrainConfig, manifest: schema.Manifest) -> 
 
     Refuses a model_dir that holds another run (run_dir.RunMismatchError).
     """
-    tf.io.gfile.makedirs(config.model_dir)
     run_dir.record_settings(config.model_dir, run_settings(config, manifest))
     done = run_dir.completed_epochs(config.path("backup"))
     if done >= config.epochs and tf.io.gfile.exists(config.path("results.json")):
         logging.info("%s already holds a finished run of %d epochs", config.model_dir, done)
-        return done, TrainResult.from_json(fileio.read_json(config.path("results.json")), already_complete=True)
+        remedy = "delete it to evaluate the finished run again"
+        result = fileio.read_state(config.path("results.json"), TrainResult.from_json, remedy)
+        return done, dataclasses.replace(result, already_complete=True)
     return done, None
 
 
@@ -288,6 +292,14 @@ def train_and_evaluate(config: run_config.TrainConfig) -> TrainResult:
       FileNotFoundError: the records folder has no manifest.
     """
     manifest = _open_records(config)
+    tf.io.gfile.makedirs(config.model_dir)
+    remedy = "wait for that run to end, or pass another --model_dir"
+    with fileio.held(config.model_dir, "train.py", remedy, name=LOCK_FILENAME):
+        return _train(config, manifest)
+
+
+def _train(config: run_config.TrainConfig, manifest: schema.Manifest) -> TrainResult:
+    """train_and_evaluate, with the model_dir held."""
     found = hardware.detect()
     config = run_config.resolve_augment_on(config, found)
     done, finished = _finished_run(config, manifest)

@@ -61,7 +61,8 @@ class Command:
         if any(arg in _HELP for arg in argv[1:]):
             print(f"{self.doc.strip()}\n\nflags:\n{self.flag_values.get_help(include_special_flags=False)}")
             return 0
-        self.flag_values.unparse_flags()  # each call parses afresh: no value from a previous call
+        for name in list(self.flag_values):  # each call parses afresh: no value from a previous call
+            self.flag_values[name].unparse()
         try:
             rest = self.flag_values(argv)
             if len(rest) > 1:

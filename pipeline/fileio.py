@@ -13,15 +13,20 @@ workers stay free of it for local files.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
 import os
 import re
 import shutil
+import socket
 import tempfile
 import uuid
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 # RFC 3986 scheme, then "://": "gs://b/x" is a URL, "/data/x" and "C:\\x" are not.
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -222,3 +227,71 @@ def read_json(path: str) -> Any:
     """The parsed contents of a JSON file."""
     with _gfile().GFile(path, "r") as f:
         return json.load(f)
+
+
+class DamagedFileError(ValueError):
+    """A file a run keeps its state in does not read: the message names it and the way out."""
+
+
+def read_state(path: str, check: Callable[[Any], T], remedy: str) -> T:
+    """`check` of the parsed JSON file `path`: what it holds, checked.
+
+    Args:
+      check: returns the checked contents; raises KeyError or TypeError when
+        they are not what the file must hold, or ValueError saying what is wrong.
+      remedy: what the user can do, ending the error line.
+
+    Raises:
+      DamagedFileError: the file is not JSON, not text, unreadable, or fails
+        `check`; one line naming `path`, the problem and `remedy`.
+    """
+    try:
+        return check(read_json(path))
+    except json.JSONDecodeError as e:
+        problem = f"not valid JSON ({e})"
+    except UnicodeDecodeError as e:
+        problem = f"not UTF-8 text (byte {e.start})"
+    except _op_error() as e:
+        problem = f"cannot read it ({e.message})"
+    except (KeyError, TypeError) as e:
+        problem = f"it does not hold what it should ({type(e).__name__}: {e})"
+    except ValueError as e:  # `check`'s own words
+        problem = str(e)
+    raise DamagedFileError(f"{path} is damaged: {problem}: {remedy}")
+
+
+class LockedError(ValueError):
+    """A folder is held by another process: the message names it (host and PID)."""
+
+
+@contextlib.contextmanager
+def held(folder: str, holder: str, remedy: str, name: str = ".lock") -> Iterator[None]:
+    """Holds the local folder `folder` for this process while the block runs.
+
+    The lock is `flock` on `folder`/`name`, which the kernel releases when the
+    process ends, however it ends: a killed holder's lock is free at once. The
+    file keeps who holds it, for the error line; it stays after the run. A
+    URL folder is not locked: object stores have no lock (BUILD.md, failures).
+
+    Args:
+      holder: who holds it, e.g. "train.py"; host and PID are added.
+      remedy: what the refused run can do, ending its error line.
+
+    Raises:
+      LockedError: another process holds it.
+    """
+    if is_url(folder):
+        yield
+        return
+    fd = os.open(os.path.join(folder, name), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            found = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "another process"
+            raise LockedError(f"{folder} is in use by {found}: {remedy}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{holder} on host {socket.gethostname()}, PID {os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # and with it the lock

@@ -1,0 +1,148 @@
+"""A model_dir whose state files are damaged, or that another run holds: train.py
+names the file (or the holder) and the way out.
+
+Each case trains a one-epoch run in-process through train.py's main, damages
+one file, runs the same command again and checks the one error line (exit 1,
+no traceback); then follows the remedy the line gives and checks that the
+run goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from model import training
+from model.commands import TRAIN
+from pipeline import fileio
+
+
+@pytest.fixture(scope="module")
+def finished_run(split_records, tmp_path_factory):
+    """(command line, model_dir) of a finished one-epoch run on the standard tree."""
+    records, _ = split_records
+    model_dir = tmp_path_factory.mktemp("state") / "run"
+    argv = ["train.py", f"--records={records}", f"--model_dir={model_dir}", "--epochs=1",
+            "--batch_size=6", "--image_size=32", "--nocache", "--verbose=0", "--steps_per_epoch=2"]
+    assert TRAIN.main(argv) == 0
+    return argv, model_dir
+
+
+@pytest.fixture
+def run(finished_run, tmp_path):
+    """A copy of the finished run, to damage; its command line points at the copy."""
+    argv, model_dir = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(model_dir, copy)
+    return [arg.replace(str(model_dir), str(copy)) for arg in argv], copy
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("train.py: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def _cut(path) -> None:
+    text = path.read_text()
+    path.write_text(text[: len(text) // 2])
+
+
+def test_a_run_json_cut_in_half_is_named_and_deleting_it_resumes(run, capsys):
+    argv, model_dir = run
+    _cut(model_dir / "run.json")
+    assert TRAIN.main([*argv, "--epochs=2"]) == 1
+    line = _error_line(capsys)
+    assert f"{model_dir / 'run.json'} is damaged: not valid JSON" in line and "delete it" in line
+    (model_dir / "run.json").unlink()
+    assert TRAIN.main([*argv, "--epochs=2"]) == 0
+    assert [entry["epoch"] for entry in json.loads((model_dir / "history.json").read_text())] == [0, 1]
+
+
+@pytest.mark.parametrize("damage", ["cut", "weights gone", "not an object"])
+def test_a_damaged_backup_state_is_named_and_deleting_the_backup_trains_again(run, capsys, damage):
+    argv, model_dir = run
+    state = model_dir / "backup" / "state.json"
+    if damage == "cut":
+        _cut(state)
+        expected = "not valid JSON"
+    elif damage == "weights gone":
+        weights = json.loads(state.read_text())["weights"]
+        (model_dir / "backup" / weights).unlink()
+        expected = f"the weights file it names, {weights}, is not there"
+    else:
+        state.write_text("[1, 2]\n")
+        expected = "it does not hold what it should"
+    assert TRAIN.main([*argv, "--epochs=2"]) == 1
+    line = _error_line(capsys)
+    assert f"{state} is damaged: {expected}" in line, line
+    assert f"delete {model_dir / 'backup'} to train again from the first epoch" in line
+    shutil.rmtree(model_dir / "backup")
+    assert TRAIN.main([*argv, "--epochs=1"]) == 0
+
+
+def test_a_damaged_history_is_named_and_deleting_it_goes_on(run, capsys):
+    argv, model_dir = run
+    (model_dir / "history.json").write_text('{"epoch": 0}\n')
+    assert TRAIN.main([*argv, "--epochs=2"]) == 1
+    line = _error_line(capsys)
+    assert f"{model_dir / 'history.json'} is damaged: it does not hold what it should" in line, line
+    assert "delete it to go on training" in line
+    (model_dir / "history.json").unlink()
+    assert TRAIN.main([*argv, "--epochs=2"]) == 0
+    assert [entry["epoch"] for entry in json.loads((model_dir / "history.json").read_text())] == [1]
+
+
+def test_a_damaged_results_file_of_a_finished_run_is_named(run, capsys):
+    argv, model_dir = run
+    _cut(model_dir / "results.json")
+    assert TRAIN.main(argv) == 1
+    line = _error_line(capsys)
+    assert f"{model_dir / 'results.json'} is damaged" in line and "delete it to evaluate" in line
+
+
+def test_a_model_dir_in_use_is_refused_naming_its_holder(run, capsys):
+    argv, model_dir = run
+    with fileio.held(str(model_dir), "train.py", "unused", name=training.LOCK_FILENAME):
+        assert TRAIN.main([*argv, "--epochs=2"]) == 1
+    line = _error_line(capsys)
+    holder = f"train.py on host {socket.gethostname()}, PID {os.getpid()}"
+    assert line == (f"train.py: error: {model_dir} is in use by {holder}: "
+                    "wait for that run to end, or pass another --model_dir"), line
+    assert json.loads((model_dir / "history.json").read_text())[-1]["epoch"] == 0  # nothing trained
+    assert TRAIN.main([*argv, "--epochs=2"]) == 0  # free again once the holder let go
+
+
+# A process that takes a folder's lock as train.py does, says so, and waits to be killed.
+_HOLDER = """
+import sys, time
+from pipeline import fileio
+with fileio.held(sys.argv[1], "train.py", "unused", name=sys.argv[2]):
+    print("HELD", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_the_lock_of_a_killed_holder_is_taken_over(run):
+    argv, model_dir = run
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(model_dir), training.LOCK_FILENAME],
+                              stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        assert holder.stdout.readline().strip() == "HELD"
+        with pytest.raises(fileio.LockedError, match=f"PID {holder.pid}:"):
+            with fileio.held(str(model_dir), "train.py", "unused", name=training.LOCK_FILENAME):
+                pass
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+    assert TRAIN.main([*argv, "--epochs=2"]) == 0  # the kernel freed a dead holder's lock
