@@ -112,51 +112,33 @@ def config_from_flags(config_type: type[Config], flag_values: flags.FlagValues, 
 
 
 class _IntPairParser(flags.ArgumentParser):
-    """Parses "A,B" into a tuple of two ints."""
+    """Parses "A,B" into the tuple (A, B) of ints; with `square`, also "S" into (S, S), all >= 1."""
 
-    syntactic_help = "two integers A,B"
-
-    def parse(self, argument):
-        if isinstance(argument, (tuple, list)):
-            return tuple(argument)
-        parts = [part.strip() for part in str(argument).split(",")]
-        if len(parts) != 2 or not all(p.lstrip("-").isdigit() for p in parts):
-            raise ValueError(f"expected two integers A,B, got {argument!r}")
-        return int(parts[0]), int(parts[1])
-
-    def flag_type(self) -> str:
-        return "int pair"
-
-
-class _SizeParser(flags.ArgumentParser):
-    """Parses "S" into (S, S) and "H,W" into (H, W), each at least 1."""
-
-    syntactic_help = "a size S (square) or H,W in pixels"
+    def __init__(self, square: bool = False):
+        super().__init__()
+        self.square = square
+        self.syntactic_help = "a size S (square) or H,W in pixels" if square else "two integers A,B"
 
     def parse(self, argument):
         if isinstance(argument, (tuple, list)):
             return tuple(argument)
         parts = [part.strip() for part in str(argument).split(",")]
-        if len(parts) not in (1, 2) or not all(p.isdigit() and int(p) >= 1 for p in parts):
-            raise ValueError(f"expected a size S or H,W of positive integers, got {argument!r}")
-        sizes = [int(p) for p in parts]
-        return (sizes[0], sizes[-1])
+        counts, digits = ((1, 2), str.isdigit) if self.square else ((2,), lambda p: p.lstrip("-").isdigit())
+        if len(parts) not in counts or not all(digits(p) for p in parts) or (self.square and min(map(int, parts)) < 1):
+            raise ValueError(f"expected {self.syntactic_help}, got {argument!r}")
+        return int(parts[0]), int(parts[-1])
 
     def flag_type(self) -> str:
-        return "size"
+        return "size" if self.square else "int pair"
 
 
 def define_int_pair(
-    name: str, default: tuple[int, int] | None, help: str, flag_values: flags.FlagValues
+    name: str, default: tuple[int, int] | None, help: str, flag_values: flags.FlagValues, square: bool = False
 ) -> flags.FlagHolder:
-    """An absl flag written `--name=A,B` whose value is the tuple (A, B)."""
+    """An absl flag written `--name=A,B` whose value is the tuple (A, B).
+
+    With `square`, a size: `--name=S` is (S, S), `--name=H,W` is (H, W), each at least 1.
+    """
     return flags.DEFINE(
-        _IntPairParser(), name, default, help, flag_values, serializer=flags.CsvListSerializer(",")
+        _IntPairParser(square), name, default, help, flag_values, serializer=flags.CsvListSerializer(",")
     )
-
-
-def define_size(
-    name: str, default: tuple[int, int] | None, help: str, flag_values: flags.FlagValues
-) -> flags.FlagHolder:
-    """An absl flag written `--name=S` (S x S) or `--name=H,W` whose value is (height, width)."""
-    return flags.DEFINE(_SizeParser(), name, default, help, flag_values, serializer=flags.CsvListSerializer(","))

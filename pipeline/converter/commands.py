@@ -38,11 +38,12 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_float("shard_mb", _DEFAULTS.shard_mb, "Target shard size in MiB.", flag_values=FLAGS)
 flags.register_validator("shard_mb", lambda value: value > 0, "must be positive", flag_values=FLAGS)
-cli.define_size(
+cli.define_int_pair(
     "image_size", _DEFAULTS.image_size,
     "Store images resized to this size, S (square, e.g. 150) or H,W, so readers decode fewer "
     "pixels. Default: keep the originals.",
     FLAGS,
+    square=True,
 )
 flags.DEFINE_integer("workers", _DEFAULTS.workers, "Decoding processes. Default: the number of cores.", lower_bound=1, flag_values=FLAGS)
 flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed of the shuffle before sharding.", flag_values=FLAGS)

@@ -3,7 +3,7 @@
 Runs in converter worker processes, so it uses Pillow only: no TensorFlow for
 a local file. A file at a URL is read with tf.io.gfile in the worker
 (`fileio.read_bytes`); the local pool is forked before the converter touches
-any filesystem through TensorFlow (see `writer.convert_folder`), so each
+any filesystem through TensorFlow (see `conversion.convert_folder`), so each
 worker opens its own connections.
 """
 
