@@ -20,6 +20,7 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 
 from pipeline import cli  # noqa: E402
+from pipeline import fileio  # noqa: E402
 from pipeline import verify  # noqa: E402
 from model import run_config  # noqa: E402
 from model import training  # noqa: E402
@@ -97,6 +98,13 @@ def _train() -> None:
         cli.fail(f"damaged records: {verify.find_damage(config.records).summary()}")
     except tf.errors.InvalidArgumentError as e:  # a failed check of the reader names its shard
         cli.fail(verify.error_text(e))
+    except (OSError, tf.errors.ResourceExhaustedError) as e:
+        if not fileio.is_disk_full(e):
+            raise
+        cli.fail(
+            f"{fileio.disk_full_message(config.model_dir)}: the last complete backup is kept; "
+            "free some space and run the same command again to resume"
+        )
     logging.info("done: %s", result)
     if result.already_complete:
         print(

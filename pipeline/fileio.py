@@ -14,6 +14,7 @@ workers stay free of it for local files.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import math
@@ -295,3 +296,28 @@ def held(folder: str, holder: str, remedy: str, name: str = ".lock") -> Iterator
         yield
     finally:
         os.close(fd)  # and with it the lock
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether `error` says a write found no room: ENOSPC, a quota, a file size
+    limit, or TensorFlow's ResourceExhaustedError for the same."""
+    if isinstance(error, OSError):
+        return error.errno in _FULL
+    import tensorflow as tf  # only TensorFlow's own errors are left to tell
+
+    return isinstance(error, tf.errors.ResourceExhaustedError) and any(
+        words in str(error) for words in ("No space left", "quota", "File too large")
+    )
+
+
+def disk_full_message(folder: str, needed_bytes: int | None = None) -> str:
+    """One line: where the disk filled, what it needed and what is free."""
+    needed = f", about {needed_bytes / 1e6:,.1f} MB were needed" if needed_bytes else ""
+    free = ""
+    if not is_url(folder):
+        with contextlib.suppress(OSError):
+            free = f", {shutil.disk_usage(folder).free / 1e6:,.1f} MB are free"
+    return f"no space left writing to {folder}{needed}{free}"

@@ -292,13 +292,13 @@ def convert_folder(config: ConversionConfig) -> ConversionSummary:
 
     Raises:
       ConversionError: an `out` that is refused, fewer than two classes, a
-        class without images, no decodable image, or (with `strict`) a
-        skipped file.
+        class without images, no decodable image, (with `strict`) a skipped
+        file, or a full disk (the scratch folder is removed).
       sources.SourceError: see `sources.scan_image_folder`.
       KeyboardInterrupt: passed on, once the scratch folder is gone.
     """
     started = time.perf_counter()
-    pool, scratch, created_out = None, None, False
+    pool, scratch, created_out, scan = None, None, False, None
     # Forked first, before this process touches any filesystem through
     # TensorFlow (a URL --src or --out): see `decoders.fork_pool`.
     if config.runner is Runner.LOCAL and config.num_workers > 1:
@@ -310,6 +310,14 @@ def convert_folder(config: ConversionConfig) -> ConversionSummary:
         scratch, kept = _open_scratch(config, scan)
         written, skipped = _write_shards(config, scan, scratch, kept, pool)
         manifest, report = _finish(config, scan, scratch, written, skipped)
+    except Exception as e:
+        if not fileio.is_disk_full(e):
+            raise
+        needed = scan and sum(image.size or 0 for images in scan.files.splits.values() for image in images)
+        raise ConversionError(
+            f"{fileio.disk_full_message(config.out, needed)} (the source images' size; "
+            "the old records are untouched and the new ones removed): free some space and run again"
+        ) from None
     finally:
         if pool is not None:
             pool.terminate()
