@@ -221,6 +221,7 @@ def _open_records(config: run_config.TrainConfig) -> schema.Manifest:
         service.Address.parse(config.data_service)  # a bad address fails before any work
     manifest = schema.read_manifest(config.records)
     manifest.split("train", config.records)
+    schema.check_shard_files(config.records, manifest)  # before any work, not when an epoch reaches it
     return manifest
 
 

@@ -351,6 +351,30 @@ def read_manifest(records_dir: str) -> Manifest:
         raise ValueError(f"{path}: {e}") from None
 
 
+def check_shard_files(records_dir: str, manifest: Manifest) -> None:
+    """Refuses a folder whose shard files are not all there at the manifest's byte sizes.
+
+    Cheap (a stat per shard), so a reader can check before any work what would
+    otherwise fail only when the file is reached, mid-epoch.
+
+    Raises:
+      FileNotFoundError: one line naming every missing or wrong-sized shard.
+    """
+    problems = []
+    for split in manifest.splits.values():
+        for shard in split.shards:
+            path = os.path.join(records_dir, shard.filename)
+            if not fileio.exists(path):
+                problems.append(f"{shard.filename} is missing")
+            elif (size := fileio.size(path)) != shard.num_bytes:
+                problems.append(f"{shard.filename} has {size:,} bytes, not {shard.num_bytes:,}")
+    if problems:
+        raise FileNotFoundError(
+            f"{records_dir} does not hold the shards its manifest lists: {'; '.join(problems)}: "
+            "convert the images again, or restore the files"
+        )
+
+
 def write_tfds_metadata(records_dir: str, manifest: schema.Manifest) -> None:
     """Writes the TFDS metadata of the manifest, for tfds.builder_from_directory."""
     import tensorflow_datasets as tfds  # heavy; only the converter needs it
