@@ -16,7 +16,9 @@ traceback), 130 for Ctrl-C.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import sys
+import traceback
 import types
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
@@ -78,15 +80,38 @@ class Command:
             return 130
         except self.errors as e:
             return self._error(e)
+        except Exception as e:  # noqa: BLE001 - every error leaves through here, see run()
+            if _is_tensorflow_error(e):  # a data or file problem TensorFlow found: its message says it
+                from pipeline import verify  # TensorFlow is loaded already
+
+                return self._error(verify.error_text(e) or e)
+            traceback.print_exc()  # a bug: its traceback, but still exit 1 through run()
+            return 1
         return int(status or 0)
 
     def run(self) -> NoReturn:
-        """The console entry point: `main(sys.argv)`, then exit with its status."""
-        sys.exit(self.main(sys.argv))
+        """The console entry point: `main(sys.argv)`, then exit with its status.
+
+        An error never escapes to the interpreter's top level: there its
+        traceback would keep the frames, and with them any tf.data iterator,
+        alive into finalisation, where the iterator's threads meet a torn-down
+        interpreter and the process aborts ("terminate called without an active
+        exception", exit 134). main() has dropped the exception, and the frames
+        and iterators it held with it; the collection below ends any that a
+        reference cycle kept, while everything still stands.
+        """
+        status = self.main(sys.argv)
+        gc.collect()
+        sys.exit(status)
 
     def _error(self, error: BaseException) -> int:
         print(f"{self.prog}: error: {error}", file=sys.stderr)
         return 1
+
+
+def _is_tensorflow_error(error: BaseException) -> bool:
+    tf = sys.modules.get("tensorflow")  # loaded by whatever raised it, or not at all
+    return tf is not None and isinstance(error, tf.errors.OpError)
 
 
 def _log_to_stderr() -> None:

@@ -62,11 +62,22 @@ def test_each_failure_is_one_line_and_its_status(capsys, args, status, line):
     assert not runs
 
 
-def test_an_undeclared_error_is_not_swallowed():
-    values = flags.FlagValues()
-    command = cli.Command("toy.py", "", values, lambda: 1 / 0)
-    with pytest.raises(ZeroDivisionError):
-        command.main(["toy.py"])
+def test_an_undeclared_error_is_its_traceback_and_exit_1(capsys):
+    """A bug is shown with its traceback, but leaves through main() with status 1."""
+    command = cli.Command("toy.py", "", flags.FlagValues(), lambda: 1 / 0)
+    assert command.main(["toy.py"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().splitlines()[-1] == "ZeroDivisionError: division by zero"
+
+
+def test_an_error_tensorflow_raises_is_one_line(capsys):
+    import tensorflow as tf
+
+    def body():
+        raise tf.errors.NotFoundError(None, None, "{{function_node x}} /data/a.tfrecord; No such file or directory")
+
+    assert cli.Command("toy.py", "", flags.FlagValues(), body).main(["toy.py"]) == 1
+    assert capsys.readouterr().err == "toy.py: error: /data/a.tfrecord; No such file or directory\n"
 
 
 def test_help_prints_the_usage_and_the_flags(capsys):
