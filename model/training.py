@@ -13,7 +13,7 @@
       logs/                  # TensorBoard
 
 A rerun with the same model_dir resumes; one with other settings is refused;
-one while another process trains in it, too (`.train.lock`).
+one while another process trains in it, too (`fileio.held`).
 """
 
 from __future__ import annotations
@@ -39,8 +39,6 @@ from model import hardware
 from model import pictures
 from model import run_config
 from model import run_dir
-
-LOCK_FILENAME = ".train.lock"  # held by the run training in the model_dir (fileio.held)
 
 # The cache may take this share of the memory available at start; beyond it
 # the run streams from the records (a cache that does not fit kills the run).
@@ -295,7 +293,7 @@ def train_and_evaluate(config: run_config.TrainConfig) -> TrainResult:
     manifest = _open_records(config)
     tf.io.gfile.makedirs(config.model_dir)
     remedy = "wait for that run to end, or pass another --model_dir"
-    with fileio.held(config.model_dir, "train.py", remedy, name=LOCK_FILENAME):
+    with fileio.held(config.model_dir, "train.py", remedy):
         return _train(config, manifest)
 
 

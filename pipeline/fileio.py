@@ -266,36 +266,47 @@ class LockedError(ValueError):
 
 
 @contextlib.contextmanager
-def held(folder: str, holder: str, remedy: str, name: str = ".lock") -> Iterator[None]:
+def held(folder: str, holder: str, remedy: str) -> Iterator[None]:
     """Holds the local folder `folder` for this process while the block runs.
 
-    The lock is `flock` on `folder`/`name`, which the kernel releases when the
-    process ends, however it ends: a killed holder's lock is free at once. The
-    file keeps who holds it, for the error line; it stays after the run. A
-    URL folder is not locked: object stores have no lock (BUILD.md, failures).
+    The lock is `flock` on the folder itself: no file is made, and the kernel
+    releases it when the process ends, however it ends, so a killed holder's
+    folder is free at once. A URL folder is not locked: object stores have no
+    lock (BUILD.md, failures).
 
     Args:
-      holder: who holds it, e.g. "train.py"; host and PID are added.
-      remedy: what the refused run can do, ending its error line.
+      holder: what holds it, e.g. "train.py", for the refused run's line.
+      remedy: what the refused run can do, ending its line.
 
     Raises:
-      LockedError: another process holds it.
+      LockedError: another process holds it; the line names the host and PID.
     """
     if is_url(folder):
         yield
         return
-    fd = os.open(os.path.join(folder, name), os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            found = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "another process"
-            raise LockedError(f"{folder} is in use by {found}: {remedy}") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{holder} on host {socket.gethostname()}, PID {os.getpid()}\n".encode(), 0)
+            pid = _flock_holder(os.fstat(fd))
+            who = f"{holder} on host {socket.gethostname()}" + (f", PID {pid}" if pid else "")
+            raise LockedError(f"{folder} is in use by {who}: {remedy}") from None
         yield
     finally:
         os.close(fd)  # and with it the lock
+
+
+def _flock_holder(st: os.stat_result) -> int | None:
+    """The PID that holds a flock on the file of `st`, from /proc/locks (Linux); None if unknown."""
+    where = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    with contextlib.suppress(OSError):
+        with open("/proc/locks") as f:
+            for line in f:
+                fields = line.split()
+                if "FLOCK" in fields and where in fields:
+                    return int(fields[fields.index(where) - 1])
+    return None
 
 
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)

@@ -1,5 +1,4 @@
-"""A model_dir whose state files are damaged, or that another run holds: train.py
-names the file (or the holder) and the way out.
+"""A model_dir whose state files are damaged: train.py names the file and the way out.
 
 Each case trains a one-epoch run in-process through train.py's main, damages
 one file, runs the same command again and checks the one error line (exit 1,
@@ -10,19 +9,11 @@ run goes on.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from model import training
 from model.commands import TRAIN
-from pipeline import fileio
 
 
 @pytest.fixture(scope="module")
@@ -108,41 +99,3 @@ def test_a_damaged_results_file_of_a_finished_run_is_named(run, capsys):
     assert TRAIN.main(argv) == 1
     line = _error_line(capsys)
     assert f"{model_dir / 'results.json'} is damaged" in line and "delete it to evaluate" in line
-
-
-def test_a_model_dir_in_use_is_refused_naming_its_holder(run, capsys):
-    argv, model_dir = run
-    with fileio.held(str(model_dir), "train.py", "unused", name=training.LOCK_FILENAME):
-        assert TRAIN.main([*argv, "--epochs=2"]) == 1
-    line = _error_line(capsys)
-    holder = f"train.py on host {socket.gethostname()}, PID {os.getpid()}"
-    assert line == (f"train.py: error: {model_dir} is in use by {holder}: "
-                    "wait for that run to end, or pass another --model_dir"), line
-    assert json.loads((model_dir / "history.json").read_text())[-1]["epoch"] == 0  # nothing trained
-    assert TRAIN.main([*argv, "--epochs=2"]) == 0  # free again once the holder let go
-
-
-# A process that takes a folder's lock as train.py does, says so, and waits to be killed.
-_HOLDER = """
-import sys, time
-from pipeline import fileio
-with fileio.held(sys.argv[1], "train.py", "unused", name=sys.argv[2]):
-    print("HELD", flush=True)
-    time.sleep(600)
-"""
-
-
-def test_the_lock_of_a_killed_holder_is_taken_over(run):
-    argv, model_dir = run
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(model_dir), training.LOCK_FILENAME],
-                              stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
-    try:
-        assert holder.stdout.readline().strip() == "HELD"
-        with pytest.raises(fileio.LockedError, match=f"PID {holder.pid}:"):
-            with fileio.held(str(model_dir), "train.py", "unused", name=training.LOCK_FILENAME):
-                pass
-    finally:
-        os.kill(holder.pid, signal.SIGKILL)
-        holder.wait()
-    assert TRAIN.main([*argv, "--epochs=2"]) == 0  # the kernel freed a dead holder's lock

@@ -16,6 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow's first 
 from absl import flags  # noqa: E402
 
 from pipeline import cli  # noqa: E402
+from pipeline import fileio  # noqa: E402
 from pipeline.converter import conversion  # noqa: E402
 from pipeline.converter import sample_data  # noqa: E402
 from pipeline.converter import sharding  # noqa: E402
@@ -97,7 +98,8 @@ def _convert() -> None:
 
 
 CONVERT = cli.Command(
-    "convert.py", __doc__, FLAGS, _convert, errors=(sources.SourceError, conversion.ConversionError)
+    "convert.py", __doc__, FLAGS, _convert,
+    errors=(sources.SourceError, conversion.ConversionError, fileio.LockedError),
 )
 
 SAMPLE_FLAGS = flags.FlagValues()

@@ -24,6 +24,7 @@ The shards are written by this machine's decoding pool (`local`) or, with
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import multiprocessing.pool
@@ -207,8 +208,7 @@ class _Scan:
 
 
 def _scan_and_plan(config: ConversionConfig) -> _Scan:
-    """Checks `out`, lists `src` and plans every split's shards."""
-    rules.check_out(config.src, config.out, config.overwrite)
+    """Lists `src` and plans every split's shards."""
     files = rules.checked_scan(
         config.src, config.classes, config.validation_fraction, config.seed, config.strict,
         config.follow_external_links, config.max_file_mb,
@@ -294,6 +294,7 @@ def convert_folder(config: ConversionConfig) -> ConversionSummary:
       ConversionError: an `out` that is refused, fewer than two classes, a
         class without images, no decodable image, (with `strict`) a skipped
         file, or a full disk (the scratch folder is removed).
+      fileio.LockedError: another process converts into `out`.
       sources.SourceError: see `sources.scan_image_folder`.
       KeyboardInterrupt: passed on, once the scratch folder is gone.
     """
@@ -303,10 +304,14 @@ def convert_folder(config: ConversionConfig) -> ConversionSummary:
     # TensorFlow (a URL --src or --out): see `decoders.fork_pool`.
     if config.runner is Runner.LOCAL and config.num_workers > 1:
         pool = decoders.fork_pool(config.num_workers)
+    lock = contextlib.ExitStack()
     try:
-        scan = _scan_and_plan(config)
+        rules.check_out(config.src, config.out, config.overwrite)
         created_out = not fileio.isdir(config.out)
         fileio.makedirs(config.out)
+        remedy = "wait for that conversion to end, or pass another --out"
+        lock.enter_context(fileio.held(config.out, "convert.py", remedy))
+        scan = _scan_and_plan(config)
         scratch, kept = _open_scratch(config, scan)
         written, skipped = _write_shards(config, scan, scratch, kept, pool)
         manifest, report = _finish(config, scan, scratch, written, skipped)
@@ -323,6 +328,7 @@ def convert_folder(config: ConversionConfig) -> ConversionSummary:
             pool.terminate()
         if scratch is not None:
             fileio.rmtree(scratch)
+        lock.close()
         if created_out:  # a failed run leaves no empty folder
             fileio.remove_empty_folder(config.out)
     return ConversionSummary(
