@@ -273,7 +273,7 @@ class _Run:
             for _ in cached_data:  # fill the cache: the timed fits see epochs 2+
                 pass
             # The pipeline's options (no autotuner) for the in-memory feed too:
-            # with the autotuner it trained up to 25% slower on 2 cores (BUILD.md).
+            # with the autotuner it trained up to 25% slower on 2 cores (docs/performance.md).
             in_memory = tf.data.Dataset.from_tensors(one).repeat().with_options(dataset.input_options(True))
             feeds = dict(zip(specs, (
                 timing.TrainingFeed(in_memory, int(one[0].shape[0]), None),

@@ -1,7 +1,7 @@
 """The hardware a run finds, and the settings that fit it.
 
 Mixed precision and XLA are for accelerators: on a CPU they slow training
-(figures in BUILD.md, "On a GPU box"), so a CPU-only run warns about them.
+(docs/performance.md, "GPU settings on a CPU"), so a CPU-only run warns about them.
 Where the augmentation runs by default follows the hardware too: on a GPU the
 device warp frees the host cores; on a CPU the host warp is the faster one.
 """
@@ -13,11 +13,11 @@ import os
 
 import tensorflow as tf
 
-# What each GPU-only setting cost on this project's 2-core CPU machine, from
-# the runs in BUILD.md ("On a GPU box"); the CPU-only warnings quote them.
+# The measured factor of each GPU-only setting on a CPU, quoted by the
+# CPU-only warnings (docs/performance.md, "GPU settings on a CPU").
 CPU_COSTS = {
-    "mixed_precision": "bfloat16 is emulated on a CPU: 8.9x slower on a 2-core CPU (6.3 vs 56 training images/s)",
-    "jit_compile": "XLA made slower CPU code for this CNN: 2.3x slower on a 2-core CPU (25 vs 56 training images/s)",
+    "mixed_precision": "bfloat16 is emulated on a CPU: about 9x slower on a 2-core CPU",
+    "jit_compile": "XLA made slower CPU code for this CNN: about 2.3x slower on a 2-core CPU",
 }
 
 

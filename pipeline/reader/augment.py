@@ -230,7 +230,7 @@ def warp_uint8_with_tensorflow(images: tf.Tensor, matrices: tf.Tensor) -> tf.Ten
     integers, bilinear, sample positions clamped to the image
     (fill_mode="NEAREST"); it computes each output value in one pass where the
     gather sampler writes a dozen intermediate tensors (2.3x faster here, see
-    BUILD.md, Performance). It has no XLA kernel: the device layer keeps the
+    docs/performance.md). It has no XLA kernel: the device layer keeps the
     gather sampler.
 
     Args:

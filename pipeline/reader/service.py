@@ -10,9 +10,12 @@ with `augment.HostWarp.TENSORFLOW` (tf.numpy_function is not serialized).
 Processing mode: dynamic sharding (`ShardingPolicy.DYNAMIC`, the
 "distributed_epoch" mode). The dispatcher hands out the split's shard files to
 the workers one at a time, so each example is read once per epoch, as in a
-local epoch. If a worker dies mid-epoch, the shards it was reading are not
-handed out again in that epoch: the epoch ends short by what it had not yet
-delivered; training goes on with the other workers (at-most-once visitation).
+local epoch. If a worker dies mid-epoch and is restarted at the same address,
+the shards it was reading are not handed out again in that epoch: the epoch
+ends short by what it had not yet delivered (at-most-once visitation), and the
+next epoch is whole. A worker that never comes back stalls the trainer: in TF
+2.21 the dispatcher did not hand its tasks on (BUILD.md, failure behaviour),
+so run workers under a supervisor that restarts them.
 """
 
 from __future__ import annotations
@@ -28,17 +31,13 @@ _SERVICE = tf.data.experimental.service
 # Workers heartbeat this often; one silent for WORKER_TIMEOUT_MS is dropped.
 HEARTBEAT_INTERVAL_MS = 1_000
 WORKER_TIMEOUT_MS = 10_000
-# A trainer learns that its job (one epoch) has ended only from its next
-# heartbeat to the dispatcher, every 1 s by default: each epoch ended on a
-# whole second, up to 1 s after its last batch. With 1 s the service read 0.68
-# of the in-process rate, with 100 ms 0.85 (one local worker, 1,000-image
-# epochs; BUILD.md, Performance). Ten small RPCs a second per trainer are free.
+# A trainer learns that its epoch's job ended only at its next dispatcher
+# heartbeat (1 s by default), so each epoch ended on a whole second; ten small
+# RPCs a second cost nothing (docs/performance.md, tf.data service).
 TASK_REFRESH_INTERVAL_MS = 100
-# Batches travel uncompressed. The default, snappy, halves a float32 batch
-# (5.4 MB -> 2.5 MB at 20 x 150 x 150) but costs the worker 12 ms and the
-# trainer about 20 ms of CPU per batch, more than the warp: 0.74 of the
-# in-process rate with it, 0.85 without. Snappy pays only where the network,
-# not the CPU, is short: below about 1 Gb/s per trainer.
+# Batches travel uncompressed: snappy costs both ends more CPU per batch than
+# it saves in bytes, unless the network is short, below about 1 Gb/s per
+# trainer (docs/performance.md, tf.data service).
 COMPRESSION = None
 
 
@@ -112,8 +111,9 @@ def start_dispatcher(
 ) -> _SERVICE.DispatchServer:
     """A dispatcher on `port`; with `work_dir`, fault tolerant (its journal survives restarts).
 
-    A worker silent for `worker_timeout_ms` is dropped, and the trainers stop
-    waiting for it.
+    A worker silent for `worker_timeout_ms` is dropped from the list of
+    workers; in TF 2.21 a trainer still waits for the tasks it had (BUILD.md,
+    failures): restart a lost worker at the same address.
     """
     config = _SERVICE.DispatcherConfig(
         port=port, work_dir=work_dir, fault_tolerant_mode=work_dir is not None, worker_timeout_ms=worker_timeout_ms
