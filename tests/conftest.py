@@ -14,6 +14,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import dataclasses  # noqa: E402
+import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -226,6 +227,28 @@ def split_records(split_tree, tmp_path_factory):
     out = tmp_path_factory.mktemp("split_records") / "records"
     summary = convert(split_tree.root, out)
     return out, summary
+
+
+@pytest.fixture(scope="module")
+def finished_run(split_records, tmp_path_factory):
+    """(train.py command line, model_dir) of a finished one-epoch run on `split_records`."""
+    records, _ = split_records
+    model_dir = tmp_path_factory.mktemp("finished") / "run"
+    argv = ["train.py", f"--records={records}", f"--model_dir={model_dir}", "--epochs=1",
+            "--batch_size=6", "--image_size=32", "--nocache", "--verbose=0", "--steps_per_epoch=2"]
+    from model.commands import TRAIN
+
+    assert TRAIN.main(argv) == 0
+    return argv, model_dir
+
+
+@pytest.fixture
+def run(finished_run, tmp_path):
+    """A copy of `finished_run` to change: (its command line, pointing at the copy, the copy)."""
+    argv, model_dir = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(model_dir, copy)
+    return [arg.replace(str(model_dir), str(copy)) for arg in argv], copy
 
 
 def sample_records(root: Path, counts: dict, seed: int) -> Path:

@@ -16,26 +16,6 @@ import pytest
 from model.commands import TRAIN
 
 
-@pytest.fixture(scope="module")
-def finished_run(split_records, tmp_path_factory):
-    """(command line, model_dir) of a finished one-epoch run on the standard tree."""
-    records, _ = split_records
-    model_dir = tmp_path_factory.mktemp("state") / "run"
-    argv = ["train.py", f"--records={records}", f"--model_dir={model_dir}", "--epochs=1",
-            "--batch_size=6", "--image_size=32", "--nocache", "--verbose=0", "--steps_per_epoch=2"]
-    assert TRAIN.main(argv) == 0
-    return argv, model_dir
-
-
-@pytest.fixture
-def run(finished_run, tmp_path):
-    """A copy of the finished run, to damage; its command line points at the copy."""
-    argv, model_dir = finished_run
-    copy = tmp_path / "run"
-    shutil.copytree(model_dir, copy)
-    return [arg.replace(str(model_dir), str(copy)) for arg in argv], copy
-
-
 def _error_line(capsys) -> str:
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("train.py: error:")]
