@@ -10,7 +10,6 @@ Prints a table and the targets; writes results.json and throughput.png to
 from __future__ import annotations
 
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow's first import
 
@@ -59,7 +58,7 @@ def _bench() -> None:
         plan.BenchmarkConfig, FLAGS, train_rounds=min(FLAGS.passes, 3), cold_runs=FLAGS.passes,
         image_size=_DEFAULTS.image_size, train_warmup_steps=_DEFAULTS.train_warmup_steps,
     )
-    results = plan.run_benchmark(config, command=[sys.executable, *sys.argv])
+    results = plan.run_benchmark(config, command=cli.command_line(BENCH))
     print(report.format_table(results))
     print()
     print(report.format_targets(results))

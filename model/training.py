@@ -293,8 +293,12 @@ def train_and_evaluate(config: run_config.TrainConfig) -> TrainResult:
     manifest = _open_records(config)
     tf.io.gfile.makedirs(config.model_dir)
     remedy = "wait for that run to end, or pass another --model_dir"
-    with fileio.held(config.model_dir, "train.py", remedy):
-        return _train(config, manifest)
+    policy = keras.mixed_precision.global_policy()
+    try:
+        with fileio.held(config.model_dir, "train.py", remedy):
+            return _train(config, manifest)
+    finally:  # a run sets the global precision policy; its caller gets its own back
+        keras.mixed_precision.set_global_policy(policy)
 
 
 def _train(config: run_config.TrainConfig, manifest: schema.Manifest) -> TrainResult:

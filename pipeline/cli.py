@@ -122,6 +122,12 @@ def _log_to_stderr() -> None:
     logging.set_verbosity(logging.INFO)
 
 
+def command_line(command: Command) -> list[str]:
+    """`python <prog> --flag=value ...` of the flags given on the running command's line."""
+    given = {flag.name: flag for flag in command.flag_values._flags().values() if flag.present}  # noqa: SLF001
+    return ["python", command.prog, *(given[name].serialize() for name in sorted(given))]
+
+
 def field_defaults(config_type: type) -> types.SimpleNamespace:
     """The defaults of a config dataclass's fields, by name: what its flags default to."""
     return types.SimpleNamespace(**{

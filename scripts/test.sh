@@ -4,6 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
-# Two or more workers (pytest-xdist), a test file each at a time, slowest files
-# first (see SLOWEST_FILES in tests/conftest.py).
-.venv/bin/python -m pytest -q -n auto --dist loadfile --no-loadscope-reorder "$@"
+# Two or more workers (pytest-xdist); an idle worker takes tests from a busy one.
+.venv/bin/python -m pytest -q -n auto --dist worksteal "$@"

@@ -18,10 +18,12 @@ pytest.importorskip("apache_beam")
 import tensorflow as tf  # noqa: E402
 from apache_beam.options import pipeline_options  # noqa: E402
 
-import warm  # noqa: E402
-from conftest import convert, make_image_tree, read_records, save_image  # noqa: E402
+from support import cli  # noqa: E402
+from support.images import make_image_tree, save_image  # noqa: E402
+from support.records import convert, read_records  # noqa: E402
 from pipeline import schema, verify  # noqa: E402
 from pipeline.converter import beam, conversion  # noqa: E402
+from pipeline.converter.commands import CONVERT  # noqa: E402
 from pipeline.reader import dataset  # noqa: E402
 
 # Worker processes of the DirectRunner, in-process: the two ways it runs.
@@ -143,11 +145,10 @@ def test_without_beam_installed_the_error_says_how_to_get_it(tree, tmp_path, mon
 
 def test_convert_cli_runs_beam_with_the_options_given(tree, local_and_beam, tmp_path):
     _, beam = local_and_beam
-    command = [
-        "convert.py", f"--src={tree.root}", "--num_shards=3",
-        "--runner=beam", "--beam_pipeline_options=" + ",".join(IN_PROCESS),
-    ]
-    done = warm.run(command + [f"--out={tmp_path / 'cli'}", "--workers=2"], timeout=300)
+    done = cli.run(
+        CONVERT, f"--src={tree.root}", "--num_shards=3", "--runner=beam",
+        "--beam_pipeline_options=" + ",".join(IN_PROCESS), f"--out={tmp_path / 'cli'}", "--workers=2",
+    )
     assert done.returncode == 0, done.stderr
     assert "Wrote 28 images" in done.stdout
     assert "wrote pets-train.tfrecord-00000-of-00003" in done.stderr  # progress, a line per shard

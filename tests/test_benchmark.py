@@ -20,7 +20,8 @@ from benchmark import plan
 from benchmark import report
 from benchmark import targets
 from benchmark import timing
-from conftest import run_cli_cases
+from benchmark.commands import BENCH
+from support import cli
 from pipeline.reader import augment
 from pipeline.reader import dataset
 
@@ -282,7 +283,7 @@ def _is_positive_finite(value) -> bool:
 
 @pytest.fixture(scope="module")
 def bench_py(tmp_path_factory) -> dict:
-    """bench.py end to end on a tiny tree, and on a --src without train/: two runs in one child process."""
+    """bench.py's main end to end on a tiny tree, and on a --src without train/, in this process."""
     root = tmp_path_factory.mktemp("bench_py")
     _make_tree(root / "pets")
     (root / "no_train" / "validation").mkdir(parents=True)
@@ -293,8 +294,7 @@ def bench_py(tmp_path_factory) -> dict:
         ],
         "no train split": [f"--src={root / 'no_train'}", f"--out={root / 'out'}"],
     }
-    runs = dict(zip(cases, run_cli_cases("bench.py", list(cases.values()))))
-    return {**runs, "out": root / "bench_out"}
+    return {**cli.cases(BENCH, cases), "out": root / "bench_out"}
 
 
 def test_bench_smoke(bench_py):

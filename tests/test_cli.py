@@ -88,6 +88,12 @@ def test_help_prints_the_usage_and_the_flags(capsys):
     assert not runs
 
 
+def test_command_line_is_the_flags_given_not_the_defaults():
+    command, _ = _command()
+    command.flag_values(["toy.py", "--size=6,7"])
+    assert cli.command_line(command) == ["python", "toy.py", "--size=6,7"]
+
+
 def test_config_from_flags_fills_a_dataclass_by_field_name():
     import dataclasses
 

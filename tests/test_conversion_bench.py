@@ -7,7 +7,7 @@ import os
 import pytest
 
 from benchmark import conversion
-from conftest import make_image_tree
+from support.images import make_image_tree
 from pipeline import plots, schema
 
 

@@ -1,9 +1,9 @@
 """convert.py as a user runs it, under faults: bad flags, odd trees, Ctrl-C, kill -9.
 
-Each case starts `python convert.py` as a subprocess, acts on it by its PID
-(or its own process group) at a point it reaches on disk, and checks what is
-left in --out. Waits are bounded by PATIENCE, a guard against hanging, not a
-measurement.
+Bad flags and odd trees run convert.py's main in this process. Each
+interrupted case starts `python convert.py` as a process of its own session,
+acts on it by its PID (or its process group) at a point it reaches on disk,
+and checks what is left in --out.
 """
 
 from __future__ import annotations
@@ -11,34 +11,21 @@ from __future__ import annotations
 import io
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-import warm
-from conftest import convert, make_image_tree, read_records
+from support import processes
+from support.cli import cases as cli_cases
+from support.images import make_image_tree
+from support.records import convert, files, read_records
 from pipeline import schema
 from pipeline.converter import out_dir
+from pipeline.converter.commands import CONVERT
 
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-# TensorFlow's C++ start-up logging, which TF_CPP_MIN_LOG_LEVEL does not silence.
-TF_LOG_PREFIXES = ("WARNING: All log messages", "I0000", "E0000", "W0000")
-PATIENCE = 300  # seconds
 # Shards per split in the fault runs: a shard every few dozen images.
 NUM_SHARDS = 40
-
-
-def _start(*args: str) -> warm.Process:
-    """`python convert.py *args` in its own session, so its process group is its own."""
-    return warm.start(["convert.py", *args], env=ENV, new_session=True)
-
-
-def _our_lines(stderr: str) -> list[str]:
-    return [
-        line for line in stderr.splitlines() if line.strip() and not line.startswith(TF_LOG_PREFIXES)
-    ]
 
 
 def _scratch_folders(out: Path) -> list[Path]:
@@ -55,25 +42,8 @@ def _scratch_shards(out: Path) -> int:
         return 0
 
 
-def _wait_until(proc: warm.Process, condition, what: str) -> None:
-    """Polls `condition` until it holds; fails if the run ends first or PATIENCE runs out."""
-    deadline = time.monotonic() + PATIENCE
-    while not condition():
-        if proc.poll() is not None:
-            pytest.fail(f"convert.py ended ({proc.returncode}) before {what}: {proc.communicate()}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"convert.py did not reach {what}: {proc.communicate()}")
-        time.sleep(0.01)
-
-
-def _files(folder: Path) -> dict[str, bytes]:
-    """name -> bytes of the files (not folders) in `folder`."""
-    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
-
-
 # --------------------------------------------------------------------------
-# Runs that end on their own, started together.
+# Runs that end on their own, in this process.
 
 
 def _odd_tree(root: Path) -> tuple[Path, dict[str, str]]:
@@ -116,14 +86,12 @@ def runs(tmp_path_factory):
     odd_src, odd_reasons = _odd_tree(root)
     commands = {flag: [f"--src={good}", f"--out={root / 'never'}", flag] for flag in BAD_FLAGS}
     commands["odd"] = [
-        f"--src={odd_src}", f"--out={root / 'odd_records'}", "--workers=2", "--num_shards=1",
+        f"--src={odd_src}", f"--out={root / 'odd_records'}", "--workers=1", "--num_shards=1",
         "--follow_external_links", "--max_file_mb=1", "--max_pixels=300",
     ]
-    procs = {name: _start(*args) for name, args in commands.items()}
     results = {"root": root, "odd_reasons": odd_reasons, "odd_src": odd_src}
-    for name, proc in procs.items():
-        stdout, stderr = proc.communicate(timeout=PATIENCE)
-        results[name] = (proc.returncode, stdout, stderr)
+    for name, done in cli_cases(CONVERT, commands).items():
+        results[name] = (done.returncode, done.stdout, done.stderr)
     return results
 
 
@@ -131,7 +99,7 @@ def runs(tmp_path_factory):
 def test_a_bad_flag_value_is_one_line_and_exit_1(runs, flag):
     returncode, stdout, stderr = runs[flag]
     assert returncode == 1, stderr
-    lines = _our_lines(stderr)
+    lines = processes.our_lines(stderr)
     assert len(lines) == 1, stderr
     assert lines[0].startswith(f"convert.py: error: flag {flag.split('=')[0]}="), lines
     assert "Traceback" not in stderr
@@ -173,21 +141,22 @@ def big_tree(tmp_path_factory) -> Path:
     return root
 
 
-def _big_run(big_tree: Path, out: Path, *flags: str) -> warm.Process:
-    return _start(
-        f"--src={big_tree}", f"--out={out}", f"--num_shards={NUM_SHARDS}", "--image_size=32", *flags
+def _big_run(big_tree: Path, out: Path, *flags: str) -> processes.Process:
+    """`python convert.py` of `big_tree` in a session of its own."""
+    return processes.start(
+        "convert.py", f"--src={big_tree}", f"--out={out}", f"--num_shards={NUM_SHARDS}", "--image_size=32", *flags
     )
 
 
 def test_ctrl_c_prints_one_line_and_leaves_nothing(big_tree, tmp_path):
     out = tmp_path / "records"
     proc = _big_run(big_tree, out, "--workers=2")
-    _wait_until(proc, lambda: _scratch_shards(out) >= 1, "its first shard")
+    processes.wait_until(proc, lambda: _scratch_shards(out) >= 1, "its first shard")
     # As Ctrl-C in a terminal does: to the process group, the decoders too.
     os.killpg(proc.pid, signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=PATIENCE)
+    stdout, stderr = proc.communicate()
     assert proc.returncode == 130, stderr
-    assert _our_lines(stderr) == ["convert.py: interrupted"], stderr
+    assert processes.our_lines(stderr) == ["convert.py: interrupted"], stderr
     assert "Traceback" not in stderr
     assert not out.exists()  # it made --out: no shards, no manifest, no scratch, no folder
 
@@ -207,16 +176,16 @@ def test_kill_9_keeps_the_old_records_whole_and_a_rerun_cleans_up(big_tree, tmp_
     for point in KILL_POINTS:
         out = tmp_path / point
         convert(old_tree.root, out, num_shards=NUM_SHARDS)
-        outs[point] = (out, _files(out))
+        outs[point] = (out, files(out))
         procs[point] = _big_run(big_tree, out, "--overwrite", "--workers=1")
 
     for point, reached in KILL_POINTS.items():
         (out, old), proc = outs[point], procs[point]
-        _wait_until(proc, lambda: reached(out), point)
+        processes.wait_until(proc, lambda: reached(out), point)
         os.kill(proc.pid, signal.SIGKILL)
-        proc.communicate(timeout=PATIENCE)
+        proc.communicate()
         assert proc.returncode == -signal.SIGKILL
-        assert _files(out) == old, point  # the old manifest, TFDS files and shards, byte for byte
+        assert files(out) == old, point  # the old manifest, TFDS files and shards, byte for byte
         assert len(_scratch_folders(out)) == 1, point
 
     for point, (out, old) in outs.items():
@@ -228,5 +197,5 @@ def test_kill_9_keeps_the_old_records_whole_and_a_rerun_cleans_up(big_tree, tmp_
         # The complete new set.
         assert schema.read_manifest(str(out)) == summary.manifest
         shards = {s.filename: s.num_bytes for s in summary.manifest.splits["train"].shards}
-        assert {name: len(data) for name, data in _files(out).items() if ".tfrecord-" in name} == shards
+        assert {name: len(data) for name, data in files(out).items() if ".tfrecord-" in name} == shards
         assert len(read_records(out, "train")) == 40

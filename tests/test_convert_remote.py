@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -21,7 +19,9 @@ from pathlib import Path
 import pytest
 import tensorflow as tf
 
-from conftest import convert, copy_tree_to, make_image_tree
+from support import processes
+from support.images import make_image_tree
+from support.records import convert, copy_tree_to, files
 from pipeline import fileio
 from pipeline import schema
 from pipeline import verify
@@ -36,17 +36,6 @@ SIZES = [(24, 32), (32, 24)]
 
 def _ram(name: str) -> str:
     return f"ram://{uuid.uuid4().hex}/{name}"
-
-
-def _files(folder: str) -> dict[str, bytes]:
-    """name -> bytes of the files directly in `folder` (local or URL)."""
-    out = {}
-    for name in fileio.listdir(folder):
-        path = os.path.join(folder, name)
-        if not fileio.isdir(path):
-            with tf.io.gfile.GFile(path, "rb") as f:
-                out[name] = f.read()
-    return out
 
 
 def _snapshot(folder: Path, but: Path) -> list[str]:
@@ -95,7 +84,7 @@ def _check_records(records: str, local_records: Path, src: str) -> schema.Manife
     config = dataset.InputConfig(image_size=(16, 16), batch_size=4)
     assert sum(int(x.shape[0]) for x, _ in dataset.eval_dataset(records, "validation", config)) == 4
     assert sum(int(x.shape[0]) for x, _ in dataset.train_dataset(records, config)) == 12
-    remote, local = _files(records), _files(str(local_records))
+    remote, local = files(records), files(str(local_records))
     assert sorted(remote) == sorted(local)  # shards, manifest, TFDS metadata: no other file
     for name, data in local.items():
         if name == schema.MANIFEST_FILENAME:
@@ -136,19 +125,13 @@ def test_out_inside_src_is_refused_on_urls_too(tree, local_disk_untouched):
         convert(src + "/", src)
 
 
-def _dead_pid() -> int:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
-
-
 def test_stale_scratch_on_ram_is_removed_and_an_interrupted_run_resumes(
     tree, local_disk_untouched, monkeypatch, capsys
 ):
     local, root = tree
     src = copy_tree_to(local.root, _ram("pets"))
     out = _ram("records")
-    stale = f"{out}/{out_dir.SCRATCH_PREFIX}{socket.gethostname()}-{_dead_pid()}-k1ll3d"
+    stale = f"{out}/{out_dir.SCRATCH_PREFIX}{socket.gethostname()}-{processes.dead_pid()}-k1ll3d"
     tf.io.gfile.makedirs(stale)
     other_host = f"{out}/{out_dir.SCRATCH_PREFIX}another-host-1-remote"
     tf.io.gfile.makedirs(other_host)

@@ -5,8 +5,8 @@ finished (their sidecars are in the scratch folder); `--resume` must keep
 those files as they are and write the others, and the folder must then equal,
 byte for byte, one converted without interruption. A copy of the scratch
 folder the kill left serves the in-process cases: a changed flag or file, a
-damaged shard, nothing to resume. Waits are bounded by PATIENCE, a guard
-against hanging, not a measurement.
+damaged shard, nothing to resume. The resumed runs are convert.py's main in
+this process.
 """
 
 from __future__ import annotations
@@ -15,20 +15,19 @@ import os
 import shutil
 import signal
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
-import warm
-from conftest import convert, make_image_tree
+from support import cli
+from support import processes
+from support.images import make_image_tree
+from support.records import convert, files
 from pipeline.converter import conversion
 from pipeline.converter import out_dir
 from pipeline.converter import resume as resume_lib
+from pipeline.converter.commands import CONVERT
 
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-TF_LOG_PREFIXES = ("WARNING: All log messages", "I0000", "E0000", "W0000")
-PATIENCE = 300  # seconds
 # 120 distinct flat images of 800x800: a few ms each to decode, so the run is
 # caught with most of its 24 shards to go; train 96 in 12 shards, validation
 # 24 in 12.
@@ -46,14 +45,6 @@ def _cli_flags(**changes) -> list[str]:
     ]
 
 
-def _start(src: Path, out: Path, *flags: str) -> warm.Process:
-    return warm.start(["convert.py", f"--src={src}", f"--out={out}", *flags], env=ENV)
-
-
-def _our_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.strip() and not line.startswith(TF_LOG_PREFIXES)]
-
-
 def _scratch_folders(out: Path) -> list[Path]:
     return [p for p in out.iterdir() if p.name.startswith(out_dir.SCRATCH_PREFIX)] if out.is_dir() else []
 
@@ -66,10 +57,6 @@ def _finished(scratch: Path) -> list[str]:
         return []
     sidecars = [n for n in names if n.endswith(".json") and n != resume_lib.PLAN_FILENAME]
     return sorted(n.removesuffix(".json") for n in sidecars)
-
-
-def _files(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
 
 
 def _identity(path: Path) -> tuple[int, int]:
@@ -87,7 +74,7 @@ def reference(tree, tmp_path_factory) -> dict[str, bytes]:
     """The files of an uninterrupted conversion."""
     out = tmp_path_factory.mktemp("reference") / "records"
     convert(tree, out, **FLAGS)
-    return _files(out)
+    return files(out)
 
 
 @pytest.fixture(scope="module")
@@ -96,16 +83,12 @@ def killed(tree, tmp_path_factory):
     a copy of that scratch folder)."""
     root = tmp_path_factory.mktemp("killed")
     out = root / "records"
-    proc = _start(tree, out, *_cli_flags())
-    deadline = time.monotonic() + PATIENCE
-    while not any(len(_finished(s)) >= KILL_AFTER for s in _scratch_folders(out)):
-        assert proc.poll() is None, f"convert.py ended before it was killed: {proc.communicate()}"
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"convert.py wrote no {KILL_AFTER} shards: {proc.communicate()}")
-        time.sleep(0.002)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.communicate(timeout=PATIENCE)
+    with processes.start("convert.py", f"--src={tree}", f"--out={out}", *_cli_flags()) as proc:
+        processes.wait_until(
+            proc, lambda: any(len(_finished(s)) >= KILL_AFTER for s in _scratch_folders(out)), f"{KILL_AFTER} shards"
+        )
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate()
     (scratch,) = _scratch_folders(out)
     finished = {name: _identity(scratch / name) for name in _finished(scratch)}
     assert KILL_AFTER <= len(finished) < NUM_SHARDS, finished
@@ -123,14 +106,14 @@ def _out_with(copy: Path, tmp_path: Path) -> Path:
 
 def test_resume_keeps_the_finished_shards_and_equals_an_uninterrupted_run(tree, killed, reference):
     out, scratch, finished, _ = killed
-    resumed = _start(tree, out, *_cli_flags(), "--resume")
-    stdout, stderr = resumed.communicate(timeout=PATIENCE)
+    resumed = cli.run(CONVERT, f"--src={tree}", f"--out={out}", *_cli_flags(), "--resume")
+    stdout, stderr = resumed.stdout, resumed.stderr
     assert resumed.returncode == 0, stderr
-    assert _our_lines(stderr) == [
+    assert processes.our_lines(stderr) == [
         f"--resume: kept {len(finished)} of {NUM_SHARDS} shards of {scratch.name} (checked); converting the rest"
     ]
     assert stdout.startswith(f"Wrote 120 images to {out}")
-    assert _files(out) == reference  # shards, manifest and TFDS metadata, byte for byte
+    assert files(out) == reference  # shards, manifest and TFDS metadata, byte for byte
     assert sorted(p.name for p in out.iterdir()) == sorted(reference)  # no scratch folder left
     for name, identity in finished.items():
         assert _identity(out / name) == identity, f"{name} was written again"
@@ -178,7 +161,7 @@ def test_a_damaged_or_unrecorded_shard_is_written_again(tree, killed, reference,
     convert(tree, out, resume=True, **FLAGS)
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith(f"--resume: kept {len(kept)} of {NUM_SHARDS} shards of {copy.name}")
-    assert _files(out) == reference
+    assert files(out) == reference
     assert {name: _identity(out / name) for name in kept} == identities
 
 
@@ -188,7 +171,7 @@ def test_resume_with_nothing_to_resume_converts_and_says_so(tree, reference, tmp
     assert capsys.readouterr().err.splitlines() == [
         f"--resume: no interrupted conversion in {out}: converting from the start"
     ]
-    assert _files(out) == reference
+    assert files(out) == reference
 
 
 def test_resume_is_refused_with_the_beam_runner(tree, tmp_path):
@@ -225,19 +208,18 @@ def test_a_kill_inside_the_swap_is_finished_by_resume(tree, reference, tmp_path)
     out, driver = tmp_path / "records", tmp_path / "killed_in_the_swap.py"
     driver.write_text(_KILLED_IN_THE_SWAP)
     kill_at = 5  # 4 files of the new set are in --out; the manifest, which comes last, is not
-    env = dict(ENV, PYTHONPATH=str(warm.REPO_ROOT), KILL_AT=str(kill_at))
-    killed = warm.run([driver, f"--src={tree}", f"--out={out}", *_cli_flags()], env=env, timeout=PATIENCE)
+    killed = processes.run(driver, f"--src={tree}", f"--out={out}", *_cli_flags(),
+                           environment=processes.env(KILL_AT=str(kill_at)))
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     (scratch,) = _scratch_folders(out)
     moved = sorted(name for name in os.listdir(out) if name != scratch.name)
     assert len(moved) == kill_at - 1 and "manifest.json" not in moved  # readers refuse the folder
     in_scratch = [name for name in _finished(scratch) if (scratch / name).exists()]
 
-    resumed = warm.run(["convert.py", f"--src={tree}", f"--out={out}", *_cli_flags(), "--resume", "--overwrite"],
-                       env=ENV, timeout=PATIENCE)
+    resumed = cli.run(CONVERT, f"--src={tree}", f"--out={out}", *_cli_flags(), "--resume", "--overwrite")
     assert resumed.returncode == 0, resumed.stderr
-    assert _our_lines(resumed.stderr) == [
+    assert processes.our_lines(resumed.stderr) == [
         f"--resume: kept {len(in_scratch)} of {NUM_SHARDS} shards of {scratch.name} (checked); converting the rest"
     ]
-    assert _files(out) == reference
+    assert files(out) == reference
     assert sorted(p.name for p in out.iterdir()) == sorted(reference)

@@ -9,9 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 from collections import Counter
 from pathlib import Path
@@ -20,42 +17,27 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import warm
-from conftest import COLOUR_TOLERANCE, convert, make_image_tree, nearest_palette_colour
+from support import cli
+from support import processes
+from support.images import COLOUR_TOLERANCE, make_image_tree, nearest_palette_colour
+from support.records import convert
 from pipeline import schema
 from pipeline.reader import augment, dataset, service
 from model import run_config
 from model import training
+from model.commands import TRAIN
 
-REPO = Path(__file__).resolve().parents[1]
 # The disturbed epoch takes a few seconds; a stall (see the kill test) is not waited out.
 STALL_SECONDS = 120
 COUNTS = {"train": {"cats": 14, "dogs": 13}, "validation": {"cats": 3, "dogs": 3}}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env() -> dict:
-    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
-
-
 class Cluster:
-    """A dispatcher and its workers, each a data_service.py process.
+    """A dispatcher and its workers, each a `python data_service.py` process."""
 
-    `cold`: each in a new interpreter, not forked warm (tests/warm.py). The kill
-    test's servers start so: with them forked warm, up within milliseconds of
-    each other and of its job, it once hung in a suite run (a worker never given
-    a task); in new interpreters, as in every earlier run, it never did.
-    """
-
-    def __init__(self, cold: bool = False):
-        self.cold = cold
-        self.dispatcher_port = free_port()
-        self.processes: dict[str, subprocess.Popen | warm.Process] = {}
+    def __init__(self):
+        self.dispatcher_port = processes.free_port()
+        self.processes: dict[str, processes.Process] = {}
         self.worker_ports: dict[str, int] = {}
         self._start("dispatcher", "--role=dispatcher", f"--port={self.dispatcher_port}")
 
@@ -64,27 +46,20 @@ class Cluster:
         return f"grpc://127.0.0.1:{self.dispatcher_port}"
 
     def _start(self, name: str, *args: str) -> None:
-        if self.cold:
-            process = subprocess.Popen(
-                [sys.executable, str(REPO / "data_service.py"), *args],
-                cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-            )
-            line = process.stdout.readline()  # printed once the server listens
-        else:
-            process = warm.start(["data_service.py", *args], env=_env())
-            line = next(process.lines(), "")
-        assert "listening on port" in line, (name, line)
+        process = processes.start("data_service.py", *args)
+        line = next(process.lines(), "")  # printed once the server listens
+        assert "listening on port" in line, (name, line, process.output())
         self.processes[name] = process
 
     def start_worker(self, name: str, port: int | None = None) -> None:
-        port = port or free_port()
+        port = port or processes.free_port()
         self.worker_ports[name] = port
         self._start(name, "--role=worker", f"--dispatcher={self.address}", f"--port={port}", "--host=127.0.0.1")
 
     def kill(self, name: str) -> None:
         process = self.processes.pop(name)
         os.kill(process.pid, signal.SIGKILL)
-        process.wait()
+        process.__exit__()
 
     def stop(self) -> None:
         for name in list(self.processes):
@@ -153,11 +128,8 @@ def test_the_distributed_dataset_warps_with_tensorflow_ops_only(tree_and_records
 def test_train_py_trains_through_the_service(tree_and_records, cluster, tmp_path):
     _, records = tree_and_records
     model_dir = tmp_path / "run"
-    result = warm.run(
-        ["train.py", f"--records={records}", f"--model_dir={model_dir}",
-         f"--data_service={cluster.address}", "--batch_size=4", "--image_size=24", "--epochs=2"],
-        env=_env(),
-    )
+    result = cli.run(TRAIN, f"--records={records}", f"--model_dir={model_dir}",
+                     f"--data_service={cluster.address}", "--batch_size=4", "--image_size=24", "--epochs=2")
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"tf.data service at {cluster.address}" in result.stderr
     history = json.loads((model_dir / "history.json").read_text())
@@ -175,7 +147,7 @@ def test_a_worker_killed_mid_epoch_and_restarted_lets_the_epoch_finish(tree_and_
     epoch is whole again.
     """
     tree, records = tree_and_records
-    own = Cluster(cold=True)
+    own = Cluster()
     try:
         own.start_worker("a")
         own.start_worker("b")

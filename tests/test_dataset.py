@@ -10,14 +10,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from conftest import (
-    COLOUR_TOLERANCE,
-    convert,
-    make_image_tree,
-    nearest_palette_colour,
-    read_records,
-    require_cat_dog_small,
-)
+from support.images import COLOUR_TOLERANCE, make_image_tree, nearest_palette_colour
+from support.records import convert, read_records, require_cat_dog_small
 from pipeline import schema
 from pipeline.reader import augment
 from pipeline.reader import dataset

@@ -17,6 +17,7 @@ from model.commands import TRAIN
 from pipeline import fileio
 from pipeline.converter import shards
 from pipeline.converter.commands import CONVERT
+from support.records import files
 
 
 _TFRecordWriter = tf.io.TFRecordWriter
@@ -44,10 +45,6 @@ class _FullDiskWriter:
         self._writer.close()
 
 
-def _files(folder) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
-
-
 def _one_error_line(capsys, prog: str) -> str:
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith(f"{prog}: error:")]
@@ -60,7 +57,7 @@ def test_a_conversion_that_fills_the_disk_says_so_and_leaves_the_old_records(
 ):
     out = tmp_path / "records"
     assert CONVERT.main(["convert.py", f"--src={split_tree.root}", f"--out={out}", "--workers=1"]) == 0
-    before = _files(out)
+    before = files(out)
     monkeypatch.setattr(shards.tf.io, "TFRecordWriter", _FullDiskWriter)
     status = CONVERT.main(["convert.py", f"--src={split_tree.root}", f"--out={out}", "--workers=1", "--overwrite"])
     assert status == 1
@@ -68,7 +65,7 @@ def test_a_conversion_that_fills_the_disk_says_so_and_leaves_the_old_records(
     needed = sum(image.path.stat().st_size for image in split_tree.images)
     assert line.startswith(f"convert.py: error: no space left writing to {out}, about {needed / 1e6:,.1f} MB"), line
     assert "MB are free" in line and "the old records are untouched" in line
-    assert _files(out) == before  # byte for byte
+    assert files(out) == before  # byte for byte
     assert sorted(os.listdir(out)) == sorted(before)  # the scratch folder is gone
 
 

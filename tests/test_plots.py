@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import PALETTE
+from support.images import PALETTE
 from pipeline import plots
 
 ROWS, COLS = 4, 5

@@ -4,17 +4,14 @@ Shards cut short (at a record boundary, inside a record's header, inside its
 data), a manifest count lowered by one, a label outside the classes and a
 damaged manifest.json, each read through `dataset.read_records`,
 `train_dataset` and `eval_dataset`; then a seeded fuzz test of byte flips.
-The helpers that damage a folder are shared with test_verify.py.
+The helpers that damage a folder are in support/damage.py.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
-import shutil
-import struct
 import sys
 import traceback
 from pathlib import Path
@@ -22,122 +19,37 @@ from pathlib import Path
 import pytest
 import tensorflow as tf
 
-import warm
-from conftest import convert, make_image_tree
+from support import processes
+from support.damage import (
+    copy_records,
+    cut_shard,
+    edit_manifest,
+    lower_count,
+    make_records,
+    record_starts,
+    record_with,
+    rewrite_record,
+    set_bytes,
+    shard_file,
+)
 from pipeline import schema
 from pipeline import verify
 from pipeline.reader import dataset
 
-COUNTS = {"train": {"cats": 6, "dogs": 6}, "validation": {"cats": 3, "dogs": 3}}
-NUM_SHARDS = 3  # train: 3 shards of 4 records; validation: 3 of 2
 CONFIG = dataset.InputConfig(image_size=(8, 8), batch_size=3, class_mode="sparse")
 READERS = {
     "read_records": lambda records, split: dataset.read_records(str(records), split)[0],
     "train_dataset": lambda records, split: dataset.train_dataset(str(records), CONFIG, split),
     "eval_dataset": lambda records, split: dataset.eval_dataset(str(records), split, CONFIG),
 }
-QUIET = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}  # child processes without TensorFlow's log
 FUZZ_SEED = 20261128
 FUZZ_CASES = 40
-
-
-def make_records(root: Path, **kwargs) -> Path:
-    """A sound records folder of tiny images (16x16 and 20x24) under `root`."""
-    tree = make_image_tree(root / "pets", "split", COUNTS, [(16, 16), (20, 24)])
-    convert(tree.root, root / "records", num_shards=NUM_SHARDS, **kwargs)
-    return root / "records"
 
 
 @pytest.fixture(scope="module")
 def records(tmp_path_factory) -> Path:
     """A sound records folder: copy it before damaging it."""
     return make_records(tmp_path_factory.mktemp("read_faults"))
-
-
-# --------------------------------------------------------------------------
-# Damaging a folder (also used by test_verify.py).
-
-
-def copy_records(records: Path, dst: Path) -> Path:
-    shutil.copytree(records, dst)
-    return dst
-
-
-def shard_file(records: Path, split: str, k: int) -> Path:
-    return Path(records) / schema.read_manifest(str(records)).splits[split].shards[k].filename
-
-
-def record_starts(path: Path) -> list[int]:
-    """Byte offsets of each record of a TFRecord file, and of its end."""
-    data = Path(path).read_bytes()
-    starts = [0]
-    while starts[-1] < len(data):
-        (length,) = struct.unpack("<Q", data[starts[-1] : starts[-1] + 8])
-        starts.append(starts[-1] + 8 + 4 + length + 4)  # length, its CRC, data, its CRC
-    return starts
-
-
-def cut_shard(path: Path, size: int) -> None:
-    """Truncates a file to `size` bytes."""
-    with open(path, "r+b") as f:
-        f.truncate(size)
-
-
-def set_bytes(path: Path, offsets, values) -> None:
-    """Overwrites the bytes at `offsets` with `values`."""
-    data = bytearray(Path(path).read_bytes())
-    for offset, value in zip(offsets, values):
-        data[offset] = value
-    Path(path).write_bytes(bytes(data))
-
-
-def edit_manifest(records: Path, edit) -> None:
-    """Applies `edit` to the manifest's JSON dict and writes it back."""
-    path = Path(records) / schema.MANIFEST_FILENAME
-    data = json.loads(path.read_text())
-    edit(data)
-    path.write_text(json.dumps(data, indent=2))
-
-
-def lower_count(records: Path, split: str, k: int) -> None:
-    """The manifest says shard k holds one record fewer, its totals agreeing."""
-
-    def edit(data):
-        info = data["splits"][split]
-        info["shards"][k]["num_examples"] -= 1
-        info["num_examples"] -= 1
-        info["class_counts"][max(info["class_counts"], key=info["class_counts"].get)] -= 1
-
-    edit_manifest(records, edit)
-
-
-def rewrite_record(records: Path, split: str, k: int, index: int, serialized: bytes) -> None:
-    """Replaces record `index` of shard k; the manifest's byte sizes follow."""
-    path = shard_file(records, split, k)
-    old = [record.numpy() for record in tf.data.TFRecordDataset(str(path))]
-    old[index] = serialized
-    with tf.io.TFRecordWriter(str(path)) as writer:
-        for record in old:
-            writer.write(record)
-    size = path.stat().st_size
-
-    def edit(data):
-        info = data["splits"][split]
-        info["num_bytes"] += size - info["shards"][k]["num_bytes"]
-        info["shards"][k]["num_bytes"] = size
-
-    edit_manifest(records, edit)
-
-
-def read_features(records: Path, split: str, k: int, index: int) -> dict:
-    """The feature values of record `index` of shard k."""
-    serialized = list(tf.data.TFRecordDataset(str(shard_file(records, split, k))).skip(index).take(1))[0]
-    return {key: value.numpy() for key, value in schema.parse_example(serialized).items()}
-
-
-def record_with(records: Path, split: str, k: int, index: int, **values) -> bytes:
-    """Record `index` of shard k re-serialized with some features replaced."""
-    return schema.serialize_example({**read_features(records, split, k, index), **values})
 
 
 # --------------------------------------------------------------------------
@@ -329,9 +241,8 @@ def test_fuzzed_folders_fail_clearly_or_read_whole(records, tmp_path):
     process, so that a crash or a hang fails the test instead of the run."""
     manifest = schema.read_manifest(str(records))
     sizes = {split: info.num_examples for split, info in manifest.splits.items()}
-    child = warm.run(
-        [__file__, str(records), str(tmp_path), str(FUZZ_SEED), str(FUZZ_CASES)], timeout=240, env=QUIET
-    )
+    child = processes.run(__file__, records, tmp_path, FUZZ_SEED, FUZZ_CASES, timeout=240,
+                          environment=processes.env(TF_CPP_MIN_LOG_LEVEL="3"))
     cases = [json.loads(line) for line in child.stdout.splitlines() if line.startswith("{")]
     assert child.returncode == 0, (child.returncode, cases[-1:], child.stderr[-3000:])
     assert len(cases) == FUZZ_CASES

@@ -13,7 +13,7 @@ import uuid
 
 import tensorflow as tf
 
-from conftest import sample_records
+from support.records import sample_records
 from pipeline import schema
 from pipeline.reader import dataset
 from model import run_config

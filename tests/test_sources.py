@@ -8,7 +8,8 @@ from collections import Counter
 
 import pytest
 
-from conftest import copy_tree_to, make_image_tree
+from support.images import make_image_tree
+from support.records import copy_tree_to
 from pipeline.converter import sources
 
 

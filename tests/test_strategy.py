@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import textwrap
 from pathlib import Path
 
 import pytest
 
-import warm
-from conftest import sample_records
+from support import processes
+from support.records import sample_records
 from model import run_config
 from model import training
 
-REPO = Path(__file__).resolve().parents[1]
 # The machine's CPU split into two logical devices before TensorFlow starts,
 # then train.py's own main: a mirrored run gets two replicas.
 _TWO_DEVICES = textwrap.dedent(
@@ -43,12 +40,8 @@ def driver(tmp_path_factory) -> Path:
     return path
 
 
-def _env() -> dict:
-    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
-
-
 def _run(program: Path, *args: str) -> subprocess.CompletedProcess:
-    result = warm.run([program, *args], env=_env())
+    result = processes.run(program, *args)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -67,16 +60,9 @@ def test_mirrored_on_two_devices_learns_as_one_device_and_resumes_after_a_kill(r
     mirrored = tmp_path / "mirrored"
     args = [f"--records={records}", f"--model_dir={mirrored}", "--strategy=mirrored", *COMMON]
     # Killed by PID once the second epoch's state is backed up, then resumed.
-    output = []
-    with warm.start([driver, *args], env=_env(), merge_stderr=True) as process:
-        for line in process.lines():
-            output.append(line)
-            if "the state after epoch 2 is saved" in line:
-                os.kill(process.pid, signal.SIGKILL)
-                break
-        process.wait(timeout=120)
-    assert process.returncode == -signal.SIGKILL, "".join(output)[-3000:]
-    assert "mirrored: 2 replica(s), global batch 10" in "".join(output)
+    with processes.start(driver, *args, merge_stderr=True) as process:
+        output = processes.kill_at(process, "the state after epoch 2 is saved")
+    assert "mirrored: 2 replica(s), global batch 10" in output
 
     resumed = _run(driver, *args)
     log = resumed.stdout + resumed.stderr

@@ -1,15 +1,15 @@
-"""train.py end to end, as a subprocess, on generated records: a run and what it
-writes, continuing it, the GPU settings on a CPU, and reruns and bad input
-answered in one line."""
+"""train.py end to end on generated records: a run and what it writes, continuing
+it, the GPU settings on a CPU, and reruns and bad input answered in one line.
+
+Each run is train.py's main in this process; one bad flag is also given to
+`python train.py`, a new interpreter, as a user starts it."""
 
 import configparser
 import dataclasses
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import keras
@@ -17,16 +17,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import warm
-from conftest import run_cli_cases, sample_records
+from support import cli
+from support import processes
+from support.records import sample_records
 from pipeline.converter import sample_data, conversion
 from pipeline.reader import augment  # noqa: F401  registers DeviceAugmentation for load_model
 from model import hardware, run_config, training
+from model.commands import TRAIN
 
 REPO = Path(__file__).resolve().parents[1]
 COMMON = ["--batch_size=6", "--image_size=32"]
-# TensorFlow's C++ start-up lines, printed before any of ours.
-_TF_NOISE = ("WARNING: All log messages", "I0000", "W0000", "E0000", "To enable the following")
 _LOG_LINE = re.compile(r"^[IWEF]\d{4} ")  # absl: I1128 08:13:21.551098 ...
 BAD_FLAGS = {  # flag -> words its error line must hold
     "--epochs=0": "--epochs=0",
@@ -47,25 +47,18 @@ def records(tmp_path_factory):
     return root / "records"
 
 
-def _env() -> dict:
-    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-
-
 def our_stderr_lines(stderr: str) -> list[str]:
     """stderr without TensorFlow's start-up noise and absl's log lines."""
-    return [
-        line for line in stderr.splitlines()
-        if line.strip() and not line.startswith(_TF_NOISE) and not _LOG_LINE.match(line)
-    ]
+    return [line for line in processes.our_lines(stderr) if not _LOG_LINE.match(line)]
 
 
 @pytest.fixture(scope="module")
 def first_run(records, tmp_path_factory) -> dict:
-    """One epoch of train.py, a process of its own: its model_dir (no test changes
+    """One epoch of train.py: its model_dir (no test changes
     it), arguments, CompletedProcess, and the bytes of its results.json and history.json."""
     model_dir = tmp_path_factory.mktemp("first_run") / "run"
     args = [f"--records={records}", f"--model_dir={model_dir}", *COMMON]
-    result = warm.run(["train.py", *args, "--epochs=1", "--save_h5"])
+    result = cli.run(TRAIN, *args, "--epochs=1", "--save_h5")
     assert result.returncode == 0, result.stderr[-3000:]
     files = {name: (model_dir / name).read_bytes() for name in ("results.json", "history.json")}
     return {"model_dir": model_dir, "args": args, "result": result, **files}
@@ -75,10 +68,9 @@ def first_run(records, tmp_path_factory) -> dict:
 def cli_runs(records, first_run, tmp_path_factory) -> dict:
     """case name -> CompletedProcess of train.py, and "dirs": the model_dirs of the cases.
 
-    Each case is a process forked with TensorFlow imported (run_cli_cases), one
-    after another: first the reruns and bad input, which must change nothing,
-    then the two that train. "genuine" repeats a bad flag in a new interpreter,
-    as a user starts train.py, imports and all.
+    The cases run one after another: first the reruns and bad input, which
+    must change nothing, then the two that train. "genuine" repeats a bad flag
+    in a new interpreter, as a user starts train.py, imports and all.
     """
     root = tmp_path_factory.mktemp("train_cli")
     other_records = sample_records(root / "other", {"train": 5, "validation": 2}, seed=9)
@@ -102,13 +94,10 @@ def cli_runs(records, first_run, tmp_path_factory) -> dict:
             "--mixed_precision", "--nocache", "--profile_batches=1,2",
         ],
     }
-    genuine = subprocess.Popen(
-        [sys.executable, str(REPO / "train.py"), *bad_flag_args, GENUINE_BAD_FLAG],
-        cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    runs = dict(zip(cases, run_cli_cases("train.py", list(cases.values()))))
-    stdout, stderr = genuine.communicate(timeout=300)
-    runs["genuine"] = subprocess.CompletedProcess(genuine.args, genuine.returncode, stdout, stderr)
+    with processes.start("train.py", *bad_flag_args, GENUINE_BAD_FLAG) as genuine:
+        runs = cli.cases(TRAIN, cases)
+        stdout, stderr = genuine.communicate()
+    runs["genuine"] = subprocess.CompletedProcess(genuine.popen.args, genuine.returncode, stdout, stderr)
     return {**runs, "dirs": dirs}
 
 

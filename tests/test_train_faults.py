@@ -10,21 +10,20 @@ complete epoch.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import textwrap
 from pathlib import Path
 
 import pytest
 
-import warm
-from conftest import sample_records
+from support import cli
+from support import processes
+from support.records import sample_records
 from pipeline import schema
 from model import run_config
 from model import training
+from model.commands import TRAIN
 
-REPO = Path(__file__).resolve().parents[1]
 COMMON = ["--batch_size=6", "--image_size=32", "--nocache", "--verbose=2"]
 
 
@@ -34,26 +33,18 @@ def records(tmp_path_factory) -> Path:
 
 
 def run_train(*args: str) -> subprocess.CompletedProcess:
-    return warm.run(["train.py", *args])
+    """train.py's main, in this process."""
+    return cli.run(TRAIN, *args)
 
 
 def _start_and_kill_at(args: list[str], marker: str, driver: Path | None = None) -> str:
-    """Starts train.py (or a driver around it), SIGKILLs it by PID once `marker` is printed.
+    """Starts `python train.py` (or a driver around it), SIGKILLs it by PID once `marker` is printed.
 
     Returns:
       Everything the process printed up to the kill.
     """
-    program = str(driver or REPO / "train.py")
-    seen = []
-    with warm.start([program, *args], env=dict(os.environ, PYTHONPATH=str(REPO)), merge_stderr=True) as process:
-        for line in process.lines():
-            seen.append(line)
-            if marker in line:
-                os.kill(process.pid, signal.SIGKILL)
-                break
-        process.wait(timeout=120)
-    assert process.returncode == -signal.SIGKILL, "".join(seen)[-3000:]
-    return "".join(seen)
+    with processes.start(driver or "train.py", *args, merge_stderr=True) as process:
+        return processes.kill_at(process, marker)
 
 
 def _history_epochs(model_dir: Path) -> list[int]:

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from conftest import gradient_array
+from support.images import gradient_array
 from pipeline.reader import transforms
 
 RATIOS = (1, 2, 4, 8)

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import run_cli_cases
+from pipeline.commands import VERIFY
+from support import cli
 from pipeline import schema
 from pipeline import verify
-from test_read_faults import (
+from support.damage import (
     copy_records,
     cut_shard,
     edit_manifest,
@@ -245,12 +246,11 @@ def _damage_everywhere(damaged: Path) -> list[tuple[Path, int, str]]:
 
 @pytest.fixture(scope="module")
 def verify_py(records, tmp_path_factory) -> dict:
-    """name -> CompletedProcess of verify.py: on the sound folder, on a damaged copy, without flags."""
+    """name -> CompletedProcess of verify.py's main (in this process): on the sound folder, on a damaged copy, without flags."""
     damaged = copy_records(records, tmp_path_factory.mktemp("verify_py") / "records")
     expected = _damage_everywhere(damaged)
     cases = {"sound": [f"--records={records}"], "damaged": [f"--records={damaged}"], "no flags": []}
-    runs = dict(zip(cases, run_cli_cases("verify.py", list(cases.values()))))
-    return {**runs, "damaged_dir": damaged, "expected": expected}
+    return {**cli.cases(VERIFY, cases), "damaged_dir": damaged, "expected": expected}
 
 
 def test_verify_py_exits_0_on_a_sound_folder(records, verify_py):

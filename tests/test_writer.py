@@ -9,8 +9,6 @@ import re
 import signal
 import socket
 import struct
-import subprocess
-import sys
 import zlib
 from collections import Counter
 from pathlib import Path
@@ -20,24 +18,17 @@ import pytest
 import tensorflow as tf
 from PIL import Image, PngImagePlugin
 
-import warm
-from conftest import (
-    COLOUR_TOLERANCE,
-    PALETTE,
-    convert,
-    count_records,
-    decode_jpeg,
-    make_image_tree,
-    mean_colour,
-    read_records,
-    save_image,
-)
+from support import processes
+from support.cli import cases as cli_cases
+from support.images import COLOUR_TOLERANCE, PALETTE, decode_jpeg, make_image_tree, mean_colour, save_image
+from support.records import convert, count_records, read_records
 from pipeline import schema
 from pipeline.converter import conversion
 from pipeline.converter import decoders
 from pipeline.converter import out_dir
 from pipeline.converter import sharding
 from pipeline.converter import sources
+from pipeline.converter.commands import CONVERT
 
 SHARD_RE = re.compile(r"^(?P<name>[a-z0-9_]+)-(?P<split>\w+)\.tfrecord-(?P<i>\d{5})-of-(?P<n>\d{5})$")
 
@@ -586,19 +577,12 @@ def test_a_manifest_alone_counts_as_existing_records(split_tree, tmp_path):
     assert schema.read_manifest(str(other)).splits["train"].num_examples == 24
 
 
-def _dead_pid() -> int:
-    """The PID of a process of ours that has ended."""
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
-
-
 def test_stale_scratch_folders_are_removed_and_live_ones_kept(split_tree, tmp_path, capsys):
     out = tmp_path / "records"
     convert(split_tree.root, out, num_shards=1)
     host = socket.gethostname()
     stale = [
-        f"{out_dir.SCRATCH_PREFIX}{host}-{_dead_pid()}-k1ll3d",
+        f"{out_dir.SCRATCH_PREFIX}{host}-{processes.dead_pid()}-k1ll3d",
         f"{out_dir.SCRATCH_PREFIX}{host}-{os.getpid()}-0ld",  # ours, from a dead run before us
     ]
     kept = [
@@ -623,7 +607,7 @@ def test_stale_scratch_folders_are_removed_and_live_ones_kept(split_tree, tmp_pa
 def test_a_refused_conversion_leaves_stale_scratch_alone(split_tree, tmp_path):
     out = tmp_path / "records"
     convert(split_tree.root, out, num_shards=1)
-    name = f"{out_dir.SCRATCH_PREFIX}{socket.gethostname()}-{_dead_pid()}-k1ll3d"
+    name = f"{out_dir.SCRATCH_PREFIX}{socket.gethostname()}-{processes.dead_pid()}-k1ll3d"
     (out / name).mkdir()
     with pytest.raises(conversion.ConversionError, match="overwrite"):
         convert(split_tree.root, out)
@@ -794,14 +778,10 @@ def cli(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     cases = _cli_cases(root)
     convert(root / "good_src", root / "existing2", num_shards=1)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-    # Each a process forked with TensorFlow imported (tests/warm.py); convert.py
-    # in a new interpreter, imports and all: test_conversion_bench.py.
-    procs = {name: warm.start(["convert.py", *args], env=env) for name, (args, _) in cases.items()}
+    runs = cli_cases(CONVERT, {name: args for name, (args, _) in cases.items()})
     results = {}
-    for name, proc in procs.items():
-        stdout, stderr = proc.communicate(timeout=300)
-        results[name] = (proc.returncode, stdout, stderr, cases[name][1], root)
+    for name, done in runs.items():
+        results[name] = (done.returncode, done.stdout, done.stderr, cases[name][1], root)
     return results
 
 
