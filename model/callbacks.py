@@ -11,6 +11,7 @@ from absl import logging
 
 from pipeline import fileio
 from pipeline import plots
+from pipeline.reader import dataset
 
 # Training that reaches this share of the input pipeline's own rate is
 # waiting for input: the accelerator could go faster with a faster input.
@@ -34,6 +35,19 @@ def probe_input_rate(data: tf.data.Dataset, batches: int = _PROBE_BATCHES) -> fl
         except StopIteration:
             break
     return images / max(time.perf_counter() - start, 1e-9)
+
+
+class FollowEpochs(keras.callbacks.Callback):
+    """Moves the training dataset's EpochPosition to each epoch as it begins; the
+    epoch a run resumes in starts at the batch its backup holds."""
+
+    def __init__(self, position: dataset.EpochPosition | None, resume_epoch: int = 0, resume_step: int = 0):
+        super().__init__()
+        self.position, self.resume_epoch, self.resume_step = position, resume_epoch, resume_step
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.position is not None:
+            self.position.move_to(epoch, self.resume_step if epoch == self.resume_epoch else 0)
 
 
 class EpochThroughput(keras.callbacks.Callback):

@@ -11,7 +11,12 @@ continue a finished one to a larger --epochs). Each flag is a field of
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow's first import
 
@@ -23,6 +28,7 @@ from pipeline import cli  # noqa: E402
 from pipeline import fileio  # noqa: E402
 from pipeline import verify  # noqa: E402
 from model import run_config  # noqa: E402
+from model import run_dir  # noqa: E402
 from model import training  # noqa: E402
 
 _DEFAULTS = run_config.TrainConfig()
@@ -85,15 +91,67 @@ flags.register_validator(
 )
 flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed of weights, shuffles and augmentation.", flag_values=FLAGS)
 flags.DEFINE_integer(
+    "backup_every_steps", _DEFAULTS.backup_every_steps,
+    "Also back up every N batches of an epoch, to resume there after a kill. Default: at epoch ends "
+    "(and on SIGTERM or Ctrl-C).", lower_bound=_BOUNDS["backup_every_steps"], flag_values=FLAGS,
+)
+flags.DEFINE_boolean(
+    "deterministic", _DEFAULTS.deterministic,
+    "TensorFlow op determinism: a resumed run ends with the weights of an uninterrupted one. Slower.",
+    flag_values=FLAGS,
+)
+flags.DEFINE_integer(
     "verbose", _DEFAULTS.verbose, "Keras progress output: 0 silent, 1 bar, 2 a line per epoch.",
     lower_bound=_BOUNDS["verbose"], upper_bound=2, flag_values=FLAGS,
 )
 
 
-def _train() -> None:
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[tuple[threading.Event, list[int]]]:
+    """SIGTERM or a first Ctrl-C asks the run to stop at the next batch; a second Ctrl-C ends it at once.
+
+    Yields (the event they set, the signals received). Outside the main
+    thread (where Python takes no handlers) nothing is changed.
+    """
+    stop, received = threading.Event(), []
+    if threading.current_thread() is not threading.main_thread():
+        yield stop, received
+        return
+
+    def ask_to_stop(signum, frame):
+        if signum == signal.SIGINT and stop.is_set():
+            raise KeyboardInterrupt
+        received.append(signum)
+        stop.set()
+        print(f"train.py: {signal.Signals(signum).name}: stopping at the next batch", file=sys.stderr, flush=True)
+
+    kept = {signum: signal.signal(signum, ask_to_stop) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop, received
+    finally:
+        for signum, handler in kept.items():
+            signal.signal(signum, handler)
+
+
+def _stopped(config: run_config.TrainConfig, stopped: run_dir.Stopped, signum: int) -> int:
+    """The one line a stopped run prints, and its exit status: 128 + the signal's number, as a shell shows it."""
+    kept = (
+        f"its state is backed up in {config.path('backup')}" if stopped.backed_up
+        else "the last complete epoch is backed up (a run on tf.data service resumes at the epoch)"
+    )
+    print(f"train.py: stopped by {signal.Signals(signum).name} at {stopped}: {kept}; "
+          "run the same command to resume", file=sys.stderr)
+    return 128 + signum
+
+
+def _train() -> int | None:
     config = cli.config_from_flags(run_config.TrainConfig, FLAGS)
     try:
-        result = training.train_and_evaluate(config)
+        with _stop_on_signals() as (stop, received):
+            try:
+                result = training.train_and_evaluate(config, stop)
+            except run_dir.Stopped as stopped:
+                return _stopped(config, stopped, received[0])
     except tf.errors.DataLossError:  # its message names no file: find the damaged shard
         cli.fail(f"damaged records: {verify.find_damage(config.records).summary()}")
     except tf.errors.InvalidArgumentError as e:  # a failed check of the reader names its shard

@@ -18,6 +18,7 @@ LOWER_BOUNDS = {
     "validation_steps": 1,
     "image_size": cnn.MIN_IMAGE_SIZE,
     "verbose": 0,
+    "backup_every_steps": 1,
 }
 # The settings that define a run: a resume must not change them.
 RUN_DEFINING_FIELDS = (
@@ -67,6 +68,12 @@ class TrainConfig:
       profile_batches: (first, last) training batch of a TensorBoard profiler
         trace, or None for no trace.
       seed: seed of weights, shuffles and augmentation.
+      backup_every_steps: also back up every this many batches of an epoch
+        (besides every epoch's end and a stop), so that a kill loses at most
+        that many; None for epoch ends only.
+      deterministic: TensorFlow's op determinism: a resumed run then ends
+        with the very weights of an uninterrupted one (it sees the same
+        batches either way). Slower; for the whole process.
       verbose: Keras' progress output (0, 1 or 2).
     """
 
@@ -88,6 +95,8 @@ class TrainConfig:
     data_service: str | None = None
     profile_batches: tuple[int, int] | None = None
     seed: int = 0
+    backup_every_steps: int | None = None
+    deterministic: bool = False
     verbose: int = 2
 
     def __post_init__(self):
@@ -97,6 +106,9 @@ class TrainConfig:
                 raise ValueError(f"--{name} must be at least {bound}, got {value}")
         if not self.learning_rate > 0:
             raise ValueError(f"--learning_rate must be positive, got {self.learning_rate}")
+        if self.backup_every_steps and self.data_service:
+            raise ValueError("--backup_every_steps needs the input made in this process: "
+                             "a run on tf.data service resumes at the epoch")
         if self.profile_batches is not None and not 1 <= self.profile_batches[0] <= self.profile_batches[1]:
             raise ValueError(f"--profile_batches must be A,B with 1 <= A <= B, got {self.profile_batches}")
 

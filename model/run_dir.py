@@ -1,12 +1,17 @@
 """What a training run keeps in its model_dir, written so that a kill at any
-moment leaves a folder that resumes from the last complete epoch.
+moment leaves a folder that resumes from its last backup.
 
     model_dir/
       run.json                      # the settings that define the run
-      backup/state.json             # {"epoch": N, "weights": "epoch_000N.weights.h5"}
-      backup/epoch_000N.weights.h5  # model and optimizer state after epoch N
+      backup/state.json             # {"epoch": N, "step": S, "weights": ..., "metrics": [...]}
+      backup/epoch_000N[_step_00000S].weights.h5
+                                    # model and optimizer state after N epochs and S batches
       checkpoints/epoch_00N.keras   # one loadable model per epoch
 
+A backup is taken after every epoch, every --backup_every_steps batches and
+when the run is asked to stop. It holds counters, not data: with them the
+training dataset restarts at the same batch (`dataset.EpochPosition`), and
+the running training metrics of the epoch go on from their saved totals.
 Every file is written under a temporary name and renamed into place; the
 backup's state.json is the commit point, renamed only once the weights it
 names are whole.
@@ -14,7 +19,9 @@ names are whole.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -75,22 +82,52 @@ def _settings(data: Any) -> dict:
     return data
 
 
-def _check_state(backup_dir: str) -> Callable[[Any], tuple[int, str]]:
-    """What state.json must hold: a positive epoch and the name of a weights file that is there."""
+@dataclasses.dataclass(frozen=True)
+class BackupState:
+    """What a backup holds: the weights after `epoch` epochs and `step` batches of the next.
 
-    def check(data: Any) -> tuple[int, str]:
-        epoch, weights = data["epoch"], data["weights"]
-        if type(epoch) is not int or epoch < 1 or not isinstance(weights, str) or "/" in weights:
-            raise ValueError(f"it holds epoch {epoch!r} and weights {weights!r}")
+    Attributes:
+      epoch: epochs complete.
+      step: batches of epoch `epoch` (0-based) done as well; 0 at an epoch's end.
+      weights: the weights file's name in the backup folder.
+      metrics: the values of the model's metric variables (`model.metrics_variables`)
+        mid-epoch, so that the epoch's training metrics go on from them; () at an epoch's end.
+      counters: the values of the model's integer variables (`counters`): the
+        random generators' states (dropout's, the device augmentation's),
+        which Keras' weights files leave out.
+    """
+
+    epoch: int
+    step: int
+    weights: str
+    metrics: tuple = ()
+    counters: tuple = ()
+
+
+def counters(model: keras.Model) -> list:
+    """The model's integer non-trainable variables: its random generators' states, and any counter."""
+    return [v for v in model.non_trainable_variables if str(v.dtype).startswith(("int", "uint"))]
+
+
+def _check_state(backup_dir: str) -> Callable[[Any], BackupState]:
+    """What state.json must hold: counters past the start and the name of a weights file that is there."""
+
+    def check(data: Any) -> BackupState:
+        epoch, step, weights = data["epoch"], data.get("step", 0), data["weights"]
+        counters = (epoch, step)
+        if any(type(n) is not int or n < 0 for n in counters) or counters == (0, 0):
+            raise ValueError(f"it holds epoch {epoch!r} and step {step!r}")
+        if not isinstance(weights, str) or "/" in weights:
+            raise ValueError(f"it holds weights {weights!r}")
         if not tf.io.gfile.exists(os.path.join(backup_dir, weights)):
             raise ValueError(f"the weights file it names, {weights}, is not there")
-        return epoch, weights
+        return BackupState(epoch, step, weights, tuple(data.get("metrics", ())), tuple(data.get("counters", ())))
 
     return check
 
 
-def read_backup_state(backup_dir: str) -> tuple[int, str] | None:
-    """(epochs done, weights file name) of the backup, or None when there is none.
+def read_backup_state(backup_dir: str) -> BackupState | None:
+    """The backup's state, or None when there is none.
 
     Raises:
       fileio.DamagedFileError: state.json does not read, or names weights
@@ -104,44 +141,114 @@ def read_backup_state(backup_dir: str) -> tuple[int, str] | None:
 
 
 def completed_epochs(backup_dir: str) -> int:
-    """Epochs whose state the backup holds (0 for none); see `read_backup_state`."""
+    """Epochs whose end the backup holds (0 for none); see `read_backup_state`."""
     state = read_backup_state(backup_dir)
-    return state[0] if state else 0
+    return state.epoch if state else 0
+
+
+def restore(model: keras.Model, backup_dir: str) -> BackupState | None:
+    """Loads the backup's weights and optimizer state into `model`; its state, or None without one."""
+    state = read_backup_state(backup_dir)
+    if state is None:
+        return None
+    with model.distribute_strategy.scope():  # variables are made and loaded in it
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        model.load_weights(os.path.join(backup_dir, state.weights))
+        for variable, value in zip(counters(model), state.counters, strict=bool(state.counters)):
+            variable.assign(value)
+    return state
+
+
+class Stopped(Exception):
+    """Training stopped when asked (SIGTERM, Ctrl-C), at a batch boundary."""
+
+    def __init__(self, epoch: int, step: int, backed_up: bool):
+        self.epoch, self.step, self.backed_up = epoch, step, backed_up
+        where = f"epoch {epoch + 1}, after batch {step}" if step else f"the end of epoch {epoch}"
+        super().__init__(where)
 
 
 class Backup(keras.callbacks.Callback):
-    """Keras' BackupAndRestore, made safe against a kill in the middle of a write.
+    """Keras' BackupAndRestore, made safe against a kill in the middle of a write, and mid-epoch.
 
     Keras' callback overwrites one weights file in place, so a kill while it
-    writes leaves a truncated file that every later resume fails on. Here each
-    epoch's weights go to a new file; state.json, replaced atomically, then
-    names it; older files are removed only after that.
+    writes leaves a truncated file that every later resume fails on; and it
+    resumes a mid-epoch backup from the epoch's first batch. Here each backup's
+    weights go to a new file; state.json, replaced atomically, then names it;
+    older files are removed only after that.
+
+    Args:
+      backup_dir: the backup folder.
+      every_steps: also back up after every this many batches of an epoch; None: at epoch ends only.
+      stop: when set, the next batch's end backs up (with `mid_epoch`) and raises Stopped.
+      resume: the state this fit starts from mid-epoch: its first epoch counts
+        batches from `resume.step`, and its metrics add `resume.metrics` (the
+        totals and counts of the batches before) to their own.
+      mid_epoch: take mid-epoch backups at all (not on tf.data service, which
+        resumes at the epoch).
     """
 
-    def __init__(self, backup_dir: str):
+    def __init__(
+        self, backup_dir: str, every_steps: int | None = None, stop: threading.Event | None = None,
+        resume: BackupState | None = None, mid_epoch: bool = True,
+    ):
         super().__init__()
         self.backup_dir = backup_dir
+        self.every_steps = every_steps if mid_epoch else None
+        self.stop = stop
+        self.resume = resume
+        self.mid_epoch = mid_epoch
+        self._epoch, self._first_step, self._saved_totals = 0, 0, ()
 
-    def on_train_begin(self, logs=None):
-        state = read_backup_state(self.backup_dir)
-        if state is None:
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        resumed = self.resume is not None and epoch == self.resume.epoch and self.resume.step
+        self._first_step = self.resume.step if resumed else 0
+        self._saved_totals = self.resume.metrics if resumed else ()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._saved_totals:  # the metrics exist once the first step has run: add the saved totals
+            variables = self.model.metrics_variables
+            if len(variables) != len(self._saved_totals):
+                raise ValueError(f"the backup holds {len(self._saved_totals)} metric values, the model has "
+                                 f"{len(variables)}")
+            for variable, total in zip(variables, self._saved_totals):
+                variable.assign_add(tf.cast(total, variable.dtype))
+            self._saved_totals = ()
+        step = self._first_step + batch + 1
+        last = batch + 1 == self.params.get("steps")
+        stopping = self.stop is not None and self.stop.is_set()
+        if last:
+            if stopping:  # the epoch's end saves it: validation, history and checkpoint come first
+                self.model.stop_training = True
             return
-        epoch, weights = state
-        with self.model.distribute_strategy.scope():  # variables are made and loaded in it
-            if self.model.optimizer is not None and not self.model.optimizer.built:
-                self.model.optimizer.build(self.model.trainable_variables)
-            self.model.load_weights(os.path.join(self.backup_dir, weights))
-        self.model._initial_epoch = epoch  # as Keras' BackupAndRestore does
+        if self.every_steps and step % self.every_steps == 0 and not stopping:
+            self._save(self._epoch, step)
+        if stopping:
+            if self.mid_epoch:
+                self._save(self._epoch, step)
+            raise Stopped(self._epoch, step, backed_up=self.mid_epoch)
 
     def on_epoch_end(self, epoch, logs=None):
+        self._save(epoch + 1, 0)
+
+    def _save(self, epoch: int, step: int) -> None:
         tf.io.gfile.makedirs(self.backup_dir)
-        name = f"epoch_{epoch + 1:04d}{_WEIGHTS_SUFFIX}"
+        name = f"epoch_{epoch:04d}" + (f"_step_{step:06d}" if step else "") + _WEIGHTS_SUFFIX
         self.model.save_weights(os.path.join(self.backup_dir, name), overwrite=True)
-        fileio.write_json(os.path.join(self.backup_dir, _STATE_FILENAME), {"epoch": epoch + 1, "weights": name})
+        state = {"epoch": epoch, "step": step, "weights": name,
+                 "counters": [variable.numpy().tolist() for variable in counters(self.model)]}
+        if step:
+            state["metrics"] = [variable.numpy().tolist() for variable in self.model.metrics_variables]
+        fileio.write_json(os.path.join(self.backup_dir, _STATE_FILENAME), state)
         for old in tf.io.gfile.listdir(self.backup_dir):
             if old.endswith(_WEIGHTS_SUFFIX) and old != name:
                 tf.io.gfile.remove(os.path.join(self.backup_dir, old))
-        logging.info("backup: the state after epoch %d is saved in %s", epoch + 1, self.backup_dir)
+        if step:
+            logging.info("backup: the state at epoch %d, batch %d is saved in %s", epoch + 1, step, self.backup_dir)
+        else:
+            logging.info("backup: the state after epoch %d is saved in %s", epoch, self.backup_dir)
 
 
 class EpochCheckpoint(keras.callbacks.Callback):

@@ -12,8 +12,9 @@
       backup/                # the last complete epoch's state: a rerun resumes here
       logs/                  # TensorBoard
 
-A rerun with the same model_dir resumes; one with other settings is refused;
-one while another process trains in it, too (`fileio.held`).
+A rerun with the same model_dir resumes at the batch its backup holds (see
+model/run_dir.py); one with other settings is refused; one while another
+process trains in it, too (`fileio.held`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
+import threading
 
 import keras
 import psutil
@@ -138,13 +139,23 @@ def input_configs(
     return train, evaluation
 
 
-def training_input(config: run_config.TrainConfig, manifest: schema.Manifest, cache: bool) -> tf.data.Dataset:
-    """The batches a run trains on: made here, or by the tf.data service's workers."""
+def training_input(
+    config: run_config.TrainConfig, manifest: schema.Manifest, cache: bool, position: dataset.EpochPosition | None
+) -> tf.data.Dataset:
+    """The batches a run trains on: made here, each epoch at `position`, or by the tf.data service's workers."""
     train_config, _ = input_configs(config, manifest.num_classes, cache)
-    train_ds = dataset.train_dataset(config.records, train_config)
     if config.data_service:
+        train_ds = dataset.train_dataset(config.records, train_config)
         train_ds = dataset.scale_on_trainer(service.distribute(train_ds, service.Address.parse(config.data_service)))
-    return train_ds.repeat() if config.steps_per_epoch else train_ds
+        return train_ds.repeat() if config.steps_per_epoch else train_ds
+    return dataset.train_dataset(config.records, train_config, position=position,
+                                 steps_per_epoch=config.steps_per_epoch)
+
+
+def steps_per_epoch(config: run_config.TrainConfig, manifest: schema.Manifest) -> int:
+    """Training batches per epoch: --steps_per_epoch, or one pass over the train split."""
+    full, rest = divmod(manifest.splits["train"].num_examples, config.batch_size)
+    return config.steps_per_epoch or full + (1 if rest else 0)
 
 
 def build_model(config: run_config.TrainConfig, num_classes: int) -> keras.Model:
@@ -165,7 +176,9 @@ def build_model(config: run_config.TrainConfig, num_classes: int) -> keras.Model
     return cnn.compile_cnn(model, config.learning_rate, jit_compile=config.jit_compile)
 
 
-def _callbacks(config: run_config.TrainConfig, train_ds: tf.data.Dataset) -> list[keras.callbacks.Callback]:
+def _callbacks(
+    config: run_config.TrainConfig, train_ds: tf.data.Dataset, backup: run_dir.Backup
+) -> list[keras.callbacks.Callback]:
     # The backup comes last: its commit says the epoch's history and checkpoint are written.
     return [
         # With --data_service a probe of the input would start a new service job
@@ -174,7 +187,7 @@ def _callbacks(config: run_config.TrainConfig, train_ds: tf.data.Dataset) -> lis
         callbacks.HistoryFile(config.path("history.json"), config.path("training_curves.png")),
         run_dir.EpochCheckpoint(config.path("checkpoints")),
         keras.callbacks.TensorBoard(config.path("logs"), profile_batch=config.profile_batches or 0),
-        run_dir.Backup(config.path("backup")),
+        backup,
     ]
 
 
@@ -240,25 +253,45 @@ def _finished_run(config: run_config.TrainConfig, manifest: schema.Manifest) -> 
 
 def _fit(
     config: run_config.TrainConfig, manifest: schema.Manifest, model: keras.Model, cache: bool,
-    eval_config: dataset.InputConfig,
+    eval_config: dataset.InputConfig, stop: threading.Event | None,
 ) -> None:
-    """model.fit on the run's training input, validating on the validation split if any."""
-    train_ds = training_input(config, manifest, cache)
+    """model.fit on the run's training input from its backup, validating on the validation split if any.
+
+    A backup taken mid-epoch resumes in two fits: the rest of that epoch,
+    then the epochs after it (Keras counts the same steps in every epoch of a fit).
+
+    Raises:
+      run_dir.Stopped: `stop` was set.
+    """
+    resume = run_dir.restore(model, config.path("backup"))
+    first_epoch, first_step = (resume.epoch, resume.step) if resume else (0, 0)
+    if config.data_service:  # its workers make whole epochs: a mid-epoch backup resumes at the epoch
+        first_step = 0
+    position = None if config.data_service else dataset.EpochPosition(first_epoch, first_step)
+    train_ds = training_input(config, manifest, cache, position)
     val_ds = None
     if "validation" in manifest.splits:
         val_ds = dataset.eval_dataset(config.records, "validation", eval_config)
         if config.validation_steps:
             val_ds = val_ds.repeat()
-    model.fit(
-        train_ds,
-        epochs=config.epochs,
-        steps_per_epoch=config.steps_per_epoch,
-        validation_data=val_ds,
-        validation_steps=config.validation_steps if val_ds is not None else None,
-        callbacks=_callbacks(config, train_ds),
-        verbose=config.verbose,
-        shuffle=False,  # the datasets shuffle themselves
+    backup = run_dir.Backup(config.path("backup"), config.backup_every_steps, stop,
+                            resume if first_step else None, mid_epoch=not config.data_service)
+    fit = dict(
+        validation_data=val_ds, validation_steps=config.validation_steps if val_ds is not None else None,
+        callbacks=[*_callbacks(config, train_ds, backup), callbacks.FollowEpochs(position, first_epoch, first_step)],
+        verbose=config.verbose, shuffle=False,  # the datasets shuffle themselves
     )
+    steps = steps_per_epoch(config, manifest)
+    if first_step and first_epoch < config.epochs:
+        model.fit(train_ds, initial_epoch=first_epoch, epochs=first_epoch + 1, steps_per_epoch=steps - first_step, **fit)
+        first_epoch += 1
+    if stop is None or not stop.is_set():
+        if position is not None:  # one pass per epoch, of the stated length
+            train_ds = train_ds.apply(tf.data.experimental.assert_cardinality(steps))
+        model.fit(train_ds, initial_epoch=first_epoch, epochs=config.epochs,
+                  steps_per_epoch=config.steps_per_epoch if config.data_service else None, **fit)
+    if stop is not None and stop.is_set():  # stopped at an epoch's end, its backup taken
+        raise run_dir.Stopped(run_dir.completed_epochs(config.path("backup")), 0, backed_up=True)
 
 
 def _save_results(
@@ -282,8 +315,11 @@ def _save_results(
     return result
 
 
-def train_and_evaluate(config: run_config.TrainConfig) -> TrainResult:
+def train_and_evaluate(config: run_config.TrainConfig, stop: threading.Event | None = None) -> TrainResult:
     """Trains (or resumes training), saves everything listed in the module doc.
+
+    `stop`, once set (train.py sets it on SIGTERM and Ctrl-C), ends training
+    at the next batch, with a backup of that batch: run_dir.Stopped.
 
     Raises:
       ValueError: no records, records without a train split, or (as
@@ -296,12 +332,12 @@ def train_and_evaluate(config: run_config.TrainConfig) -> TrainResult:
     policy = keras.mixed_precision.global_policy()
     try:
         with fileio.held(config.model_dir, "train.py", remedy):
-            return _train(config, manifest)
+            return _train(config, manifest, stop)
     finally:  # a run sets the global precision policy; its caller gets its own back
         keras.mixed_precision.set_global_policy(policy)
 
 
-def _train(config: run_config.TrainConfig, manifest: schema.Manifest) -> TrainResult:
+def _train(config: run_config.TrainConfig, manifest: schema.Manifest, stop: threading.Event | None) -> TrainResult:
     """train_and_evaluate, with the model_dir held."""
     found = hardware.detect()
     config = run_config.resolve_augment_on(config, found)
@@ -309,6 +345,8 @@ def _train(config: run_config.TrainConfig, manifest: schema.Manifest) -> TrainRe
     if finished:
         return finished
     keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
     cache, cache_reason = decide_cache(config, manifest)
     _, eval_config = input_configs(config, manifest.num_classes, cache)
     strategy = make_strategy(config)
@@ -324,5 +362,5 @@ def _train(config: run_config.TrainConfig, manifest: schema.Manifest) -> TrainRe
         pictures.save_input_pictures(
             config.model_dir, config.records, manifest, *input_configs(config, manifest.num_classes), config.seed
         )
-    _fit(config, manifest, model, cache, eval_config)
+    _fit(config, manifest, model, cache, eval_config, stop)
     return _save_results(config, manifest, model, setup, eval_config)

@@ -105,7 +105,7 @@ def test_the_distributed_epoch_holds_every_training_example_once(tree_and_record
     tree, records = tree_and_records
     manifest = schema.read_manifest(str(records))
     config = _config(records, cluster.address)
-    data = training.training_input(config, manifest, cache=False)
+    data = training.training_input(config, manifest, cache=False, position=None)
     assert data.element_spec[0].dtype == tf.float32  # scaled on the trainer
     for _ in range(2):  # two epochs: a new job each
         images = np.concatenate([x.numpy() for x, _ in data])
@@ -152,7 +152,7 @@ def test_a_worker_killed_mid_epoch_and_restarted_lets_the_epoch_finish(tree_and_
         own.start_worker("a")
         own.start_worker("b")
         manifest = schema.read_manifest(str(records))
-        data = training.training_input(_config(records, own.address), manifest, cache=False)
+        data = training.training_input(_config(records, own.address), manifest, cache=False, position=None)
         images = []
 
         def disturbed_epoch():

@@ -2,7 +2,7 @@
 
 Shards cut short (at a record boundary, inside a record's header, inside its
 data), a manifest count lowered by one, a label outside the classes and a
-damaged manifest.json, each read through `dataset.read_records`,
+damaged manifest.json, each read through `shards.read_records`,
 `train_dataset` and `eval_dataset`; then a seeded fuzz test of byte flips.
 The helpers that damage a folder are in support/damage.py.
 """
@@ -35,10 +35,11 @@ from support.damage import (
 from pipeline import schema
 from pipeline import verify
 from pipeline.reader import dataset
+from pipeline.reader import shards
 
 CONFIG = dataset.InputConfig(image_size=(8, 8), batch_size=3, class_mode="sparse")
 READERS = {
-    "read_records": lambda records, split: dataset.read_records(str(records), split)[0],
+    "read_records": lambda records, split: shards.read_records(str(records), split)[0],
     "train_dataset": lambda records, split: dataset.train_dataset(str(records), CONFIG, split),
     "eval_dataset": lambda records, split: dataset.eval_dataset(str(records), split, CONFIG),
 }
@@ -85,7 +86,7 @@ COUNT_FAULTS = {
 @pytest.mark.parametrize("reader", sorted(READERS))
 @pytest.mark.parametrize("fault", sorted(COUNT_FAULTS))
 def test_a_wrong_record_count_fails_naming_the_shard(records, tmp_path, monkeypatch, fault, reader, max_block):
-    monkeypatch.setattr(dataset, "_MAX_BLOCK_RECORDS", max_block)
+    monkeypatch.setattr(shards, "_MAX_BLOCK_RECORDS", max_block)
     damaged = copy_records(records, tmp_path / "records")
     shard, counts = COUNT_FAULTS[fault](damaged)
     ds = READERS[reader](damaged, "train")
@@ -98,36 +99,36 @@ def test_a_wrong_record_count_fails_naming_the_shard(records, tmp_path, monkeypa
 
 def test_the_count_is_checked_at_every_block_boundary(records, tmp_path, monkeypatch):
     """Blocks of 2 in shards of 4: a shard cut to 2 ends exactly at a block."""
-    monkeypatch.setattr(dataset, "_MAX_BLOCK_RECORDS", 2)
+    monkeypatch.setattr(shards, "_MAX_BLOCK_RECORDS", 2)
     damaged = copy_records(records, tmp_path / "records")
     path = shard_file(damaged, "train", 0)
     cut_shard(path, record_starts(path)[2])
     with pytest.raises(tf.errors.InvalidArgumentError, match="holds 2 records, but manifest.json says 4"):
-        list(dataset.read_records(str(damaged), "train")[0])
+        list(shards.read_records(str(damaged), "train")[0])
 
 
 @pytest.mark.parametrize("max_block", [64, 3, 1])
 def test_sound_shards_read_whole_in_any_block_size(records, monkeypatch, max_block):
-    monkeypatch.setattr(dataset, "_MAX_BLOCK_RECORDS", max_block)
+    monkeypatch.setattr(shards, "_MAX_BLOCK_RECORDS", max_block)
     expected = sorted(
         record.numpy()
         for split_path in schema.read_manifest(str(records)).shard_paths(str(records), "train")
         for record in tf.data.TFRecordDataset(split_path)
     )
-    assert sorted(record.numpy() for record in dataset.read_records(str(records), "train")[0]) == expected
+    assert sorted(record.numpy() for record in shards.read_records(str(records), "train")[0]) == expected
 
 
 def test_the_count_check_and_label_check_work_eagerly():
     shard = (tf.constant("x.tfrecord"), tf.constant(6, tf.int64))
     records = tf.constant(["a", "b"])
     # Block 2 of 2 records: records 4 and 5 of a shard of 6, or 2 too many for a shard of 4.
-    assert dataset.check_block(records, tf.constant(2, tf.int64), shard, 2).numpy().tolist() == [b"a", b"b"]
+    assert shards.check_block(records, tf.constant(2, tf.int64), shard, 2).numpy().tolist() == [b"a", b"b"]
     with pytest.raises(tf.errors.InvalidArgumentError, match="x.tfrecord: the shard holds at least 6 records"):
-        dataset.check_block(records, tf.constant(2, tf.int64), (shard[0], tf.constant(4, tf.int64)), 2)
+        shards.check_block(records, tf.constant(2, tf.int64), (shard[0], tf.constant(4, tf.int64)), 2)
     label = tf.constant(1, tf.int64)
-    assert dataset.check_label(label, 2, shard[0], tf.constant(0, tf.int64)).numpy() == 1
+    assert shards.check_label(label, 2, shard[0], tf.constant(0, tf.int64)).numpy() == 1
     with pytest.raises(tf.errors.InvalidArgumentError, match="x.tfrecord: record 3: label 1 is not"):
-        dataset.check_label(label, 1, shard[0], tf.constant(3, tf.int64))
+        shards.check_label(label, 1, shard[0], tf.constant(3, tf.int64))
 
 
 # --------------------------------------------------------------------------

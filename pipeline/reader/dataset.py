@@ -2,7 +2,7 @@
 
     train_dataset:  shards, shuffled -> interleaved reads, counts checked
                     -> [shuffle records] -> parse + decode + resize (uint8),
-                    label checked -> [cache] -> shuffle
+                    label checked -> [cache] -> shuffle -> [skip to a position]
                     -> batch -> [augment] -> scale to [0, 1], labels -> prefetch
     eval_dataset:   shards in order -> interleaved reads, counts checked
                     -> parse + decode + resize, label checked -> batch
@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from pipeline import schema
 from pipeline.reader import augment
+from pipeline.reader import shards
 from pipeline.reader import transforms
 
 DEFAULT_IMAGE_SIZE = (150, 150)
@@ -34,13 +35,6 @@ DEFAULT_BATCH_SIZE = 20
 # Serialized records waiting to be decoded, shuffled: bounded memory, however
 # large the split (about 50 MB for full-size photos).
 DEFAULT_SHUFFLE_BUFFER = 1000
-# Shards read at once by the interleave.
-_MAX_PARALLEL_SHARDS = 8
-# Each shard's record count is checked once per block of records, not per
-# record. Blocks of about this many bytes (at most this many records) keep
-# what the interleave buffers small, whatever the size of the images.
-_BLOCK_BYTES = 1 << 20
-_MAX_BLOCK_RECORDS = 64
 # The functions mapped here are plain TF ops (no Python control flow on tensors):
 # autograph's conversion would only add ~1.5 s of start-up to each process.
 _plain = tf.autograph.experimental.do_not_convert
@@ -139,167 +133,6 @@ def input_options(deterministic: bool, autotune: bool = False) -> tf.data.Option
     return options
 
 
-def read_records(
-    records_dir: str, split: str, shuffle: bool = False, seed: int | None = None, deterministic: bool = True
-) -> tuple[tf.data.Dataset, schema.Manifest]:
-    """The serialized records of a split, from its shards read in parallel.
-
-    Every shard must hold the number of records the manifest gives it: a
-    shard cut short or overlong fails, naming the shard, when its end (or its
-    first surplus record) is read.
-
-    Args:
-      records_dir: a folder written by convert.py.
-      split: the split's name.
-      shuffle: visit the shards in a new random order each epoch.
-      seed: seed of that order.
-      deterministic: interleave the shards in a fixed order.
-
-    Returns:
-      (scalar `tf.string` records, the folder's manifest).
-
-    Raises:
-      FileNotFoundError, ValueError: see `schema.read_manifest`; ValueError
-        for a split the folder does not have.
-      While iterating, tf.errors.InvalidArgumentError for a record count
-      that is not the manifest's, tf.errors.DataLossError for a corrupted or
-      truncated record (its message names no file: see
-      `pipeline.verify.find_damage`).
-    """
-    return _read(records_dir, split, shuffle, seed, deterministic, with_position=False)
-
-
-def _read(
-    records_dir: str, split: str, shuffle: bool, seed: int | None, deterministic: bool, with_position: bool
-) -> tuple[tf.data.Dataset, schema.Manifest]:
-    """read_records; `with_position` adds each record's shard path and index in it."""
-    manifest = schema.read_manifest(records_dir)
-    info = manifest.split(split, records_dir)
-    files = manifest.shard_paths(records_dir, split)
-    counts = tf.constant([shard.num_examples for shard in info.shards], tf.int64)
-    block = _block_size(info)
-    ds = tf.data.Dataset.from_tensor_slices((files, counts))
-    if shuffle:
-        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.interleave(
-        _plain(lambda path, expected: _shard_blocks(path, expected, block)),
-        cycle_length=min(len(files), _MAX_PARALLEL_SHARDS),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=deterministic,
-    )
-    ds = ds.map(
-        _plain(lambda records, index, shard: _unblock(records, index, shard, block, with_position)),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=deterministic,
-    )
-    return ds.unbatch(), manifest
-
-
-def _block_size(split: schema.SplitInfo) -> int:
-    """Records per counting block of a split: about _BLOCK_BYTES of them."""
-    record_bytes = split.num_bytes // max(split.num_examples, 1)
-    return max(1, min(_MAX_BLOCK_RECORDS, _BLOCK_BYTES // max(record_bytes, 1)))
-
-
-def _shard_blocks(path: tf.Tensor, expected: tf.Tensor, block: int) -> tf.data.Dataset:
-    """One shard's records in blocks, then an empty block that marks its end.
-
-    Args:
-      path: scalar `tf.string`, the shard file.
-      expected: int64 scalar, its record count in the manifest.
-      block: records per block.
-
-    Returns:
-      A dataset of (records `tf.string` [<= block], the block's index as an
-      int64 scalar, (path, expected)). Indices stop one past the last block
-      the manifest allows: an overlong shard is read no further.
-    """
-    blocks = tf.data.TFRecordDataset(path).batch(block)
-    blocks = blocks.concatenate(tf.data.Dataset.from_tensors(tf.zeros([0], tf.string)))
-    indices = tf.data.Dataset.range((expected + block - 1) // block + 1)
-    return tf.data.Dataset.zip(blocks, indices, tf.data.Dataset.from_tensors((path, expected)).repeat())
-
-
-def check_block(
-    records: tf.Tensor, index: tf.Tensor, shard: tuple[tf.Tensor, tf.Tensor], block: int
-) -> tf.Tensor:
-    """A block of a shard's records, once their number agrees with the manifest.
-
-    Block `index` of a shard of `expected` records holds min(block, expected -
-    index * block) of them, and the end marker (an empty block) comes where
-    that is 0. Anything else is a shard with more or fewer records than the
-    manifest gives it.
-
-    Args:
-      records: `tf.string` [n], block `index` of the shard; [0] for its end.
-      index: int64 scalar.
-      shard: (the shard's path, scalar `tf.string`; its manifest count, int64
-        scalar).
-      block: records in a full block.
-
-    Returns:
-      `records`, unchanged.
-
-    Raises:
-      tf.errors.InvalidArgumentError: naming the shard file and both counts.
-    """
-    path, expected = shard
-    start = index * block
-    size = tf.size(records, out_type=tf.int64)
-    want = tf.clip_by_value(expected - start, 0, block)
-    found = tf.strings.as_string(start + size)
-    found = tf.where(size > want, tf.strings.join(["at least ", found]), found)
-    message = tf.strings.join(
-        [path, ": the shard holds ", found, " records, but manifest.json says ", tf.strings.as_string(expected)]
-    )
-    return _asserted(records, tf.equal(size, want), message)
-
-
-def check_label(label: tf.Tensor, num_classes: int, path: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
-    """A record's label, once it is a class index: in [0, num_classes).
-
-    Args:
-      label: int64 scalar.
-      num_classes: the manifest's number of classes.
-      path: scalar `tf.string`, the record's shard; index: int64 scalar, its
-        index there. Both only for the message.
-
-    Returns:
-      `label`, unchanged.
-
-    Raises:
-      tf.errors.InvalidArgumentError: naming the record, the label and the
-        number of classes.
-    """
-    ok = tf.logical_and(label >= 0, label < num_classes)
-    message = tf.strings.join([
-        path, ": record ", tf.strings.as_string(index), ": label ", tf.strings.as_string(label),
-        f" is not a class index: the manifest has {num_classes} classes",
-    ])
-    return _asserted(label, ok, message)
-
-
-def _asserted(value: tf.Tensor, ok: tf.Tensor, message: tf.Tensor) -> tf.Tensor:
-    """`value` once `ok` (a bool scalar) holds; InvalidArgumentError(`message`) if not."""
-    with tf.control_dependencies([tf.debugging.Assert(ok, [message])]):
-        return tf.identity(value)
-
-
-def _unblock(
-    records: tf.Tensor, index: tf.Tensor, shard: tuple[tf.Tensor, tf.Tensor], block: int, with_position: bool
-) -> tf.Tensor | tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """The checked records of a block (see check_block), `tf.string` [n].
-
-    With `with_position`, also each record's shard path (`tf.string` [n]) and
-    index in the shard (int64 [n]), for the label check's message.
-    """
-    records = check_block(records, index, shard, block)
-    if not with_position:
-        return records
-    size = tf.size(records, out_type=tf.int64)
-    return records, tf.fill([size], shard[0]), index * block + tf.range(size)
-
-
 def _decode(
     ds: tf.data.Dataset, config: InputConfig, dtype: tf.DType, deterministic: bool, num_classes: int
 ) -> tf.data.Dataset:
@@ -307,14 +140,24 @@ def _decode(
 
     def decode(record, path, index):
         image, label = decode_example(record, config.image_size, config.dct_scaling, dtype)
-        return image, check_label(label, num_classes, path, index)
+        return image, shards.check_label(label, num_classes, path, index)
 
     return ds.map(_plain(decode), num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
 
 
-def _augment(ds: tf.data.Dataset, config: InputConfig, deterministic: bool) -> tf.data.Dataset:
-    """Warps uint8 batches, each with its own stateless seed, new every epoch."""
-    seeds = tf.data.Dataset.random(seed=config.seed, rerandomize_each_iteration=True).batch(2)
+def _augment(
+    ds: tf.data.Dataset, config: InputConfig, deterministic: bool,
+    epoch_seed: tf.Tensor | None = None, first_batch: tf.Tensor | int = 0,
+) -> tf.data.Dataset:
+    """Warps uint8 batches, each with its own stateless seed.
+
+    Without `epoch_seed` the seeds are new every pass; with it (int64 scalar),
+    batch i of the pass gets [epoch_seed, first_batch + i], the same in every pass.
+    """
+    if epoch_seed is None:
+        seeds = tf.data.Dataset.random(seed=config.seed, rerandomize_each_iteration=True).batch(2)
+    else:
+        seeds = tf.data.Dataset.range(first_batch, tf.int64.max).map(lambda i: tf.stack([epoch_seed, i]))
 
     def warp(batch, batch_seed):
         images, labels = batch
@@ -324,10 +167,11 @@ def _augment(ds: tf.data.Dataset, config: InputConfig, deterministic: bool) -> t
 
 
 def _finish(
-    ds: tf.data.Dataset, config: InputConfig, manifest: schema.Manifest, split: str, deterministic: bool
+    ds: tf.data.Dataset, config: InputConfig, manifest: schema.Manifest, split: str, deterministic: bool,
+    length_known: bool = True,
 ) -> tf.data.Dataset:
     """Scales images to float32 [0, 1] (on the trainer when distributed), encodes labels,
-    states the length, prefetches."""
+    states the length (when known), prefetches."""
     num_classes, class_mode = manifest.num_classes, config.class_mode
     scale = (lambda images: images) if config.distributed else transforms.scale_image
     ds = ds.map(
@@ -335,7 +179,7 @@ def _finish(
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=deterministic,
     )
-    if not config.distributed:
+    if length_known and not config.distributed:
         full, rest = divmod(manifest.splits[split].num_examples, config.batch_size)
         num_batches = full + (1 if rest and not config.drop_remainder else 0)
         # Interleaving hides the length; the manifest knows it (Keras shows it).
@@ -351,13 +195,50 @@ def scale_on_trainer(ds: tf.data.Dataset) -> tf.data.Dataset:
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def train_dataset(records_dir: str, config: InputConfig = InputConfig(), split: str = "train") -> tf.data.Dataset:
+class EpochPosition:
+    """The epoch a training dataset's next pass makes, and how many of its batches to leave out.
+
+    Two int64 variables, read as each pass begins: a Keras callback moves them
+    before each epoch, and a resumed run starts them where the first one stopped.
+    Make it outside any tf.distribute scope (its variables live on the host).
+    """
+
+    def __init__(self, epoch: int = 0, skip_batches: int = 0):
+        with tf.device("/cpu:0"):
+            self.epoch = tf.Variable(epoch, dtype=tf.int64, trainable=False, name="epoch")
+            self.skip_batches = tf.Variable(skip_batches, dtype=tf.int64, trainable=False, name="skip_batches")
+
+    def move_to(self, epoch: int, skip_batches: int = 0) -> None:
+        self.epoch.assign(epoch)
+        self.skip_batches.assign(skip_batches)
+
+
+def epoch_seeds(seed: int, epoch: tf.Tensor | int) -> tf.Tensor:
+    """int64 [3] seeds of an epoch's shard order, record order and augmentation, from (seed, epoch) alone."""
+    pair = tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)])
+    return tf.random.stateless_uniform([3], seed=pair, minval=None, maxval=None, dtype=tf.int64)
+
+
+def train_dataset(
+    records_dir: str, config: InputConfig = InputConfig(), split: str = "train",
+    position: EpochPosition | None = None, steps_per_epoch: int | None = None,
+) -> tf.data.Dataset:
     """Shuffled, optionally augmented batches of a split, one epoch per pass.
 
     Args:
       records_dir: a folder written by convert.py.
       config: see InputConfig.
       split: the split to train on.
+      position: None: each pass is a new epoch, its order and augmentation
+        drawn anew (from config.seed and the passes made so far in this
+        process). An EpochPosition: each pass is the epoch it names, from the
+        batch it names; order and augmentation come from (config.seed, epoch)
+        alone, so they are the same in every process, and a run resumed
+        mid-epoch sees the batches an uninterrupted one would have. Left-out
+        records are not decoded. The length of a pass is then not stated.
+      steps_per_epoch: with `position`, batches per epoch: the epoch's own
+        batches, then again from its first, as many as needed; None for one
+        pass over the split.
 
     Returns:
       A dataset of (images, labels): images float32 [B, height, width, 3] in
@@ -366,7 +247,10 @@ def train_dataset(records_dir: str, config: InputConfig = InputConfig(), split: 
       [B, num_classes]; sparse: int32 [B]).
     """
     deterministic = config.deterministic if config.deterministic is not None else config.seed is not None
-    ds, manifest = _read(records_dir, split, True, config.seed, deterministic, with_position=True)
+    if position is not None:
+        ds, manifest = _epoch_passes(records_dir, config, split, deterministic, position, steps_per_epoch)
+        return _finish(ds, config, manifest, split, deterministic, length_known=False)
+    ds, manifest = shards.read_with_position(records_dir, split, True, config.seed, deterministic)
     if not config.cache:
         ds = ds.shuffle(config.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
     ds = _decode(ds, config, tf.uint8, deterministic, manifest.num_classes)
@@ -377,6 +261,49 @@ def train_dataset(records_dir: str, config: InputConfig = InputConfig(), split: 
     if config.augmentation is not None:
         ds = _augment(ds, config, deterministic)
     return _finish(ds, config, manifest, split, deterministic)
+
+
+def _epoch_passes(
+    records_dir: str, config: InputConfig, split: str, deterministic: bool, position: EpochPosition,
+    steps_per_epoch: int | None,
+) -> tuple[tf.data.Dataset, schema.Manifest]:
+    """train_dataset's passes with a `position`: uint8 batches, unscaled."""
+    if config.seed is None:
+        raise ValueError("a training dataset with an EpochPosition needs a seed")
+    manifest = schema.read_manifest(records_dir)
+    num_examples = manifest.split(split, records_dir).num_examples
+    if config.cache:  # decoded once, in shard order; each epoch shuffles the whole split
+        cached, _ = shards.read_with_position(records_dir, split, False, None, deterministic)
+        cached = _decode(cached, config, tf.uint8, deterministic, manifest.num_classes).cache()
+    full, rest = divmod(num_examples, config.batch_size)
+    batches = full + (1 if rest and not config.drop_remainder else 0)
+
+    def epoch_batches(seeds: tf.Tensor, skip: tf.Tensor) -> tf.data.Dataset:
+        if config.cache:
+            ds = cached.shuffle(num_examples, seed=seeds[1], reshuffle_each_iteration=False)
+        else:
+            ds, _ = shards.read_with_position(records_dir, split, True, seeds[0], deterministic, reshuffle=False)
+            ds = ds.shuffle(config.shuffle_buffer, seed=seeds[1], reshuffle_each_iteration=False)
+        ds = ds.skip(skip * config.batch_size)
+        if not config.cache:
+            ds = _decode(ds, config, tf.uint8, deterministic, manifest.num_classes)
+        ds = ds.batch(config.batch_size, drop_remainder=config.drop_remainder)
+        if config.augmentation is not None:
+            ds = _augment(ds, config, deterministic, epoch_seed=seeds[2], first_batch=skip)
+        return ds
+
+    def one_pass(_):
+        # Every seed here is explicit. Under a global seed of 0, Dataset.shuffle
+        # tests a seed tensor as a Python bool (TF 2.21): this graph takes none.
+        tf.compat.v1.get_default_graph().seed = None
+        seeds = epoch_seeds(config.seed, position.epoch)
+        skip = position.skip_batches.read_value()
+        if steps_per_epoch is None:
+            return epoch_batches(seeds, skip)
+        again = epoch_batches(seeds, tf.constant(0, tf.int64)).repeat()
+        return epoch_batches(seeds, skip % batches).concatenate(again).take(steps_per_epoch - skip)
+
+    return tf.data.Dataset.from_tensors(0).flat_map(_plain(one_pass)), manifest
 
 
 def eval_dataset(records_dir: str, split: str, config: InputConfig = InputConfig()) -> tf.data.Dataset:
@@ -391,7 +318,7 @@ def eval_dataset(records_dir: str, split: str, config: InputConfig = InputConfig
       A dataset of (images, labels), as `train_dataset`, the same every pass.
     """
     deterministic = config.deterministic if config.deterministic is not None else True
-    ds, manifest = _read(records_dir, split, False, None, deterministic, with_position=True)
+    ds, manifest = shards.read_with_position(records_dir, split, False, None, deterministic)
     # Without the cache nothing holds the images: skip the round trip through uint8.
     ds = _decode(ds, config, tf.uint8 if config.cache else tf.float32, deterministic, manifest.num_classes)
     ds = ds.batch(config.batch_size, drop_remainder=config.drop_remainder)
