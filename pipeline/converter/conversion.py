@@ -287,6 +287,9 @@ def _finish(
     return manifest, report
 
 
+_OUT_HELD = "wait for that conversion to end, or pass another --out"
+
+
 def convert_folder(config: ConversionConfig) -> ConversionSummary:
     """Converts the image tree `config.src` into TFRecord shards in `config.out`.
 
@@ -306,11 +309,15 @@ def convert_folder(config: ConversionConfig) -> ConversionSummary:
         pool = decoders.fork_pool(config.num_workers)
     lock = contextlib.ExitStack()
     try:
-        rules.check_out(config.src, config.out, config.overwrite)
+        finished_swap = False
+        if fileio.isdir(config.out):
+            with fileio.held(config.out, "convert.py", _OUT_HELD):
+                finished_swap = out_dir.finish_interrupted_swap(config.out)
+        # A set this run finished swapping in is replaced as the run's own.
+        rules.check_out(config.src, config.out, config.overwrite or finished_swap)
         created_out = not fileio.isdir(config.out)
         fileio.makedirs(config.out)
-        remedy = "wait for that conversion to end, or pass another --out"
-        lock.enter_context(fileio.held(config.out, "convert.py", remedy))
+        lock.enter_context(fileio.held(config.out, "convert.py", _OUT_HELD))
         scan = _scan_and_plan(config)
         scratch, kept = _open_scratch(config, scan)
         written, skipped = _write_shards(config, scan, scratch, kept, pool)

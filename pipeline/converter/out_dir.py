@@ -6,7 +6,9 @@ then swaps it in: the old manifest goes first, the new one comes last, so a
 folder with a manifest is always whole. A conversion killed before the swap
 leaves only its scratch folder, which the next conversion into the same `out`
 removes, or resumes (`pipeline.converter.resume`); one killed during the swap leaves
-`out` without a manifest, which readers refuse.
+`out` without a manifest, which readers refuse, and the next conversion into
+`out` finishes that swap first (the set was complete and verified: the
+scratch folder's `.swap.json` lists it).
 
 `out` may be a URL (`fileio.is_url`): there every rename is
 `tf.io.gfile.rename`, on GCS and S3 a copy and a delete per file, so the swap
@@ -32,6 +34,7 @@ from pipeline import schema
 # What tfds.folder_dataset.write_metadata writes beside the shards.
 TFDS_METADATA_FILES = ("dataset_info.json", "features.json", f"{schema.LABEL_KEY}.labels.txt")
 SCRATCH_PREFIX = ".convert-partial-"
+_SWAP_FILENAME = ".swap.json"  # in a scratch folder whose swap has begun: the new set's file names
 
 
 def replaced_files(out: str) -> list[str]:
@@ -145,16 +148,40 @@ def move_into_place(scratch: str, out: str) -> None:
     is always whole. Ctrl-C waits for the end of these few renames. Hidden
     entries of `scratch` are its own bookkeeping (`pipeline.converter.resume`) and stay.
     """
+    new = sorted(name for name in fileio.listdir(scratch) if not name.startswith("."))
+    fileio.write_json(os.path.join(scratch, _SWAP_FILENAME), new)
     with sigint_held():
-        old = replaced_files(out)
-        if schema.MANIFEST_FILENAME in old:
-            fileio.remove(os.path.join(out, schema.MANIFEST_FILENAME))
-        new = {name for name in fileio.listdir(scratch) if not name.startswith(".")}
-        for name in old:
-            if name not in new and name != schema.MANIFEST_FILENAME:
-                fileio.remove(os.path.join(out, name))
-        for name in sorted(new, key=lambda n: n == schema.MANIFEST_FILENAME):
+        _swap(scratch, out, new)
+
+
+def _swap(scratch: str, out: str, new: list[str]) -> None:
+    """move_into_place's renames; those done already (by a run killed among them) are skipped."""
+    old = replaced_files(out)
+    if schema.MANIFEST_FILENAME in old:
+        fileio.remove(os.path.join(out, schema.MANIFEST_FILENAME))
+    for name in old:
+        if name not in new and name != schema.MANIFEST_FILENAME:
+            fileio.remove(os.path.join(out, name))
+    for name in sorted(new, key=lambda n: n == schema.MANIFEST_FILENAME):
+        if fileio.exists(os.path.join(scratch, name)):
             fileio.replace(os.path.join(scratch, name), os.path.join(out, name))
+
+
+def finish_interrupted_swap(out: str) -> bool:
+    """Finishes the swap a killed conversion began in `out`, if any; whether there was one."""
+    for name in stale_scratch(out):
+        scratch = os.path.join(out, name)
+        swap = os.path.join(scratch, _SWAP_FILENAME)
+        if not fileio.exists(swap):
+            continue
+        new = fileio.read_state(swap, list, f"delete {scratch} and convert again")
+        with sigint_held():
+            _swap(scratch, out, new)
+        fileio.rmtree(scratch)
+        print(f"finished the swap an interrupted conversion began: {out} holds its records, whole",
+              file=sys.stderr)
+        return True
+    return False
 
 
 def write_tfds_metadata(folder: str, manifest: schema.Manifest) -> None:
