@@ -1,0 +1,206 @@
+"""Exact resume: each epoch from (seed, epoch), backups mid-epoch, SIGTERM and Ctrl-C, kill -9.
+
+The reader's passes are checked batch for batch; a run stopped or killed
+mid-epoch and resumed must end with the weights and history of a run never
+interrupted. The stops and kills are real signals to `python train.py`
+processes, by PID; the resumed runs are train.py's main in this process,
+except under --deterministic (op determinism is for the whole process).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from support import cli
+from support import processes
+from support.records import sample_records
+from pipeline.reader import augment
+from pipeline.reader import dataset
+from model import run_config
+from model import run_dir
+from model import training
+from model.commands import TRAIN
+
+COMMON = ["--batch_size=6", "--image_size=32", "--verbose=2"]
+TRAIN_IMAGES = 40  # 7 batches of 6
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory) -> Path:
+    return sample_records(tmp_path_factory.mktemp("resume"), {"train": 20, "validation": 4}, seed=4)
+
+
+def _history(model_dir: Path) -> list[dict]:
+    return json.loads((model_dir / "history.json").read_text())
+
+
+def _state(model_dir: Path) -> dict:
+    return json.loads((model_dir / "backup" / "state.json").read_text())
+
+
+def _weights(model_dir: Path) -> list[np.ndarray]:
+    return keras.models.load_model(model_dir / "model.keras").get_weights()
+
+
+def _assert_same_run(resumed: Path, uninterrupted: Path) -> None:
+    for a, b in zip(_weights(resumed), _weights(uninterrupted), strict=True):
+        np.testing.assert_array_equal(a, b)
+    keys = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy")
+    assert [{k: e[k] for k in keys} for e in _history(resumed)] == [
+        {k: e[k] for k in keys} for e in _history(uninterrupted)
+    ]
+
+
+# --------------------------------------------------------------------------
+# The reader: a pass is the epoch its position names.
+
+
+def _images(ds) -> list[np.ndarray]:
+    return [images.numpy() for images, _ in ds]
+
+
+def _same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
+    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("cache", [True, False], ids=["cached", "streamed"])
+def test_each_pass_is_the_epoch_its_position_names_from_the_batch_it_names(records, cache):
+    config = dataset.InputConfig(image_size=(16, 16), batch_size=6, seed=5, cache=cache,
+                                 augmentation=augment.NOTEBOOK_AUGMENTATION, shuffle_buffer=8)
+    position = dataset.EpochPosition()
+    ds = dataset.train_dataset(str(records), config, position=position)
+
+    def epoch(number: int, skip: int = 0) -> list[np.ndarray]:
+        position.move_to(number, skip)
+        return _images(ds)
+
+    first, second = epoch(0), epoch(1)
+    assert len(first) == len(second) == 7
+    assert not np.array_equal(first[0], second[0])  # another order and other draws
+    assert _same(epoch(0), first)  # the same epoch again: the same batches
+    assert _same(epoch(1, 3), second[3:])  # from a batch: the rest of the same epoch
+    # A new dataset, as a resumed run builds it, in the same place.
+    assert _same(_images(dataset.train_dataset(str(records), config, position=dataset.EpochPosition(1, 5))),
+                 second[5:])
+    # --steps_per_epoch beyond the epoch: its batches, then again from the first.
+    long = dataset.train_dataset(str(records), config, position=position, steps_per_epoch=9)
+    position.move_to(1, 0)
+    repeated = _images(long)
+    assert _same(repeated, second + second[:2])
+    position.move_to(1, 8)
+    assert _same(_images(long), repeated[8:])
+
+
+# --------------------------------------------------------------------------
+# In this process: a stop asked for at a chosen batch.
+
+
+class StopAtCheck(threading.Event):
+    """A stop request that arrives as the trainer checks for the `n`-th time (after its n-th batch)."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.checks_left = n
+
+    def is_set(self) -> bool:
+        self.checks_left -= 1
+        if self.checks_left == 0:
+            self.set()
+        return super().is_set()
+
+
+@pytest.mark.parametrize("cache", [True, False], ids=["cached", "streamed"])
+def test_a_stop_mid_epoch_backs_up_that_batch_and_resumes_to_the_uninterrupted_run(records, tmp_path, cache):
+    settings = dict(records=str(records), batch_size=6, image_size=32, epochs=2, verbose=0, cache=cache,
+                    backup_every_steps=4)
+    training.train_and_evaluate(run_config.TrainConfig(model_dir=str(tmp_path / "whole"), **settings))
+    stopped = run_config.TrainConfig(model_dir=str(tmp_path / "stopped"), **settings)
+    with pytest.raises(run_dir.Stopped) as raised:
+        # One check before training, one after each batch: epoch 2, after its second batch.
+        training.train_and_evaluate(stopped, StopAtCheck(1 + 7 + 2))
+    assert (raised.value.epoch, raised.value.step, raised.value.backed_up) == (1, 2, True)
+    state = _state(tmp_path / "stopped")
+    assert (state["epoch"], state["step"]) == (1, 2) and state["metrics"] and state["counters"]
+    assert [e["epoch"] for e in _history(tmp_path / "stopped")] == [0]
+
+    training.train_and_evaluate(stopped)
+    _assert_same_run(tmp_path / "stopped", tmp_path / "whole")
+
+
+def test_backups_every_n_batches_and_at_the_epoch_end(records, tmp_path):
+    model_dir = tmp_path / "run"
+    done = cli.run(TRAIN, f"--records={records}", f"--model_dir={model_dir}", *COMMON, "--epochs=1",
+                   "--steps_per_epoch=5", "--backup_every_steps=2", "--nocache")
+    assert done.returncode == 0, done.stderr[-3000:]
+    for batch in (2, 4):
+        assert f"backup: the state at epoch 1, batch {batch} is saved" in done.stderr
+    assert "backup: the state after epoch 1 is saved" in done.stderr
+    assert (_state(model_dir)["epoch"], _state(model_dir)["step"]) == (1, 0)
+    assert [p.name for p in (model_dir / "backup").iterdir() if p.suffix == ".h5"] == ["epoch_0001.weights.h5"]
+
+
+def test_mid_epoch_backups_are_refused_on_the_tf_data_service():
+    with pytest.raises(ValueError, match="resumes at the epoch"):
+        run_config.TrainConfig(records="r", data_service="grpc://127.0.0.1:5050", backup_every_steps=10)
+
+
+# --------------------------------------------------------------------------
+# Real processes: SIGTERM, Ctrl-C and kill -9, by PID.
+
+
+def _start(model_dir: Path, records: Path, *flags: str) -> processes.Process:
+    return processes.start("train.py", f"--records={records}", f"--model_dir={model_dir}", *COMMON, *flags,
+                           merge_stderr=True)
+
+
+def _signal_at(process: processes.Process, marker: str, signum: int) -> str:
+    """Sends `signum` once `marker` is printed; the whole output once the process has ended."""
+    for line in process.lines():
+        if marker in line:
+            os.kill(process.pid, signum)
+            break
+    process.wait()
+    return process.output()[0]
+
+
+def test_sigterm_and_ctrl_c_stop_at_a_batch_with_its_backup_and_the_run_resumes_there(records, tmp_path):
+    model_dir = tmp_path / "run"
+    flags = ["--epochs=3", "--steps_per_epoch=30", "--backup_every_steps=1", "--nocache"]
+    for signum, status, epoch in ((signal.SIGTERM, 143, 1), (signal.SIGINT, 130, 2)):
+        with _start(model_dir, records, *flags) as process:
+            output = _signal_at(process, f"backup: the state at epoch {epoch + 1}, batch 2 is", signum)
+        name = signal.Signals(signum).name
+        assert process.returncode == status, output[-3000:]
+        (line,) = [line for line in output.splitlines() if line.startswith("train.py: stopped")]
+        state = _state(model_dir)
+        assert state["epoch"] == epoch and 2 <= state["step"] < 30, state
+        assert line == (f"train.py: stopped by {name} at epoch {epoch + 1}, after batch {state['step']}: its "
+                        f"state is backed up in {model_dir / 'backup'}; run the same command to resume")
+        assert "Traceback" not in output
+        assert [e["epoch"] for e in _history(model_dir)] == list(range(epoch))
+
+    resumed = cli.run(TRAIN, f"--records={records}", f"--model_dir={model_dir}", *COMMON, *flags)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Epoch 3/3" in resumed.stdout + resumed.stderr
+    assert [e["epoch"] for e in _history(model_dir)] == [0, 1, 2]
+
+
+def test_kill_9_mid_epoch_with_deterministic_resumes_to_identical_weights(records, tmp_path):
+    flags = ["--epochs=2", "--backup_every_steps=1", "--deterministic"]
+    whole = _start(tmp_path / "whole", records, *flags)
+    with _start(tmp_path / "killed", records, *flags) as killed:
+        processes.kill_at(killed, "backup: the state at epoch 1, batch 3 is saved")
+    assert (_state(tmp_path / "killed")["epoch"], _state(tmp_path / "killed")["step"]) >= (0, 3)
+    resumed = processes.run("train.py", f"--records={records}", f"--model_dir={tmp_path / 'killed'}", *COMMON, *flags)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    with whole:
+        assert whole.wait() == 0, whole.output()[0][-3000:]
+    _assert_same_run(tmp_path / "killed", tmp_path / "whole")
