@@ -97,6 +97,22 @@ def test_kill_inside_the_backup_write_resumes_from_the_last_complete_epoch(recor
     ]
 
 
+def test_kill_inside_a_mid_epoch_backup_write_resumes_from_the_backup_before(records, tmp_path):
+    model_dir = tmp_path / "run"
+    driver = tmp_path / "driver.py"
+    driver.write_text(_DRIVER)
+    args = [f"--records={records}", f"--model_dir={model_dir}", *COMMON, "--epochs=2", "--steps_per_epoch=6",
+            "--backup_every_steps=2"]
+    _start_and_kill_at(args, "INSIDE_BACKUP_WRITE", driver)  # the second backup: epoch 1, batch 4
+    state = json.loads((model_dir / "backup" / "state.json").read_text())
+    assert (state["epoch"], state["step"]) == (0, 2)
+
+    resumed = run_train(*args)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "backup: the state at epoch 1, batch 4 is saved" in resumed.stderr  # the rest of epoch 1
+    assert _history_epochs(model_dir) == [0, 1]
+
+
 def test_kill_during_an_epoch_and_after_training_resumes(records, tmp_path):
     model_dir = tmp_path / "run"
     args = [f"--records={records}", f"--model_dir={model_dir}", *COMMON, "--epochs=2"]
