@@ -9,7 +9,6 @@ import dataclasses
 import json
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import keras
@@ -36,7 +35,7 @@ BAD_FLAGS = {  # flag -> words its error line must hold
     "--learning_rate=-0.1": "--learning_rate",
     "--data_service=localhost": "--data_service must be grpc://HOST:PORT",
 }
-GENUINE_BAD_FLAG = "--epochs=0"  # also run in a new interpreter
+GENUINE_BAD_FLAG = "--epochs=0"  # also given to a new interpreter
 
 
 @pytest.fixture(scope="module")
@@ -66,16 +65,11 @@ def first_run(records, tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def cli_runs(records, first_run, tmp_path_factory) -> dict:
-    """case name -> CompletedProcess of train.py, and "dirs": the model_dirs of the cases.
-
-    The cases run one after another: first the reruns and bad input, which
-    must change nothing, then the two that train. "genuine" repeats a bad flag
-    in a new interpreter, as a user starts train.py, imports and all.
-    """
+    """case name -> CompletedProcess of train.py's reruns and bad input, which must change
+    nothing, and "dirs": their model_dirs."""
     root = tmp_path_factory.mktemp("train_cli")
     other_records = sample_records(root / "other", {"train": 5, "validation": 2}, seed=9)
-    dirs = {"never": root / "never", "continued": root / "continued", "device": root / "device"}
-    shutil.copytree(first_run["model_dir"], dirs["continued"])
+    dirs = {"never": root / "never"}
     args = first_run["args"]
     bad_flag_args = [f"--records={records}", f"--model_dir={dirs['never']}"]
     cases = {
@@ -85,20 +79,8 @@ def cli_runs(records, first_run, tmp_path_factory) -> dict:
         "no records folder": [f"--records={root / 'nowhere'}", f"--model_dir={dirs['never']}", "--epochs=1"],
         "no --records": ["--epochs=1"],
         **{flag: [*bad_flag_args, flag] for flag in BAD_FLAGS},
-        # A copy of the finished run, continued to a larger --epochs.
-        "continue": [f"--records={records}", f"--model_dir={dirs['continued']}", *COMMON, "--epochs=2"],
-        # The GPU settings on a CPU. (XLA training: test_model, which compiles the
-        # same model in-process; --jit_compile reaching it: test_jit_compile_...)
-        "device": [
-            f"--records={records}", f"--model_dir={dirs['device']}", *COMMON, "--epochs=1", "--augment_on=device",
-            "--mixed_precision", "--nocache", "--profile_batches=1,2",
-        ],
     }
-    with processes.start("train.py", *bad_flag_args, GENUINE_BAD_FLAG) as genuine:
-        runs = cli.cases(TRAIN, cases)
-        stdout, stderr = genuine.communicate()
-    runs["genuine"] = subprocess.CompletedProcess(genuine.popen.args, genuine.returncode, stdout, stderr)
-    return {**runs, "dirs": dirs}
+    return {**cli.cases(TRAIN, cases), "dirs": dirs}
 
 
 # --------------------------------------------------------------------------
@@ -126,8 +108,10 @@ def test_train_writes_everything(first_run):
     assert "Test: accuracy" in first.stdout
 
 
-def test_a_finished_run_continues_to_more_epochs(cli_runs):
-    second, model_dir = cli_runs["continue"], cli_runs["dirs"]["continued"]
+def test_a_finished_run_continues_to_more_epochs(records, first_run, tmp_path):
+    model_dir = tmp_path / "continued"
+    shutil.copytree(first_run["model_dir"], model_dir)  # a copy of the finished run, to a larger --epochs
+    second = cli.run(TRAIN, f"--records={records}", f"--model_dir={model_dir}", *COMMON, "--epochs=2")
     assert second.returncode == 0, second.stderr[-3000:]
     assert "Epoch 1/2" not in second.stdout + second.stderr
     history = json.loads((model_dir / "history.json").read_text())
@@ -141,8 +125,12 @@ def test_a_finished_run_continues_to_more_epochs(cli_runs):
     assert np.all((probabilities >= 0) & (probabilities <= 1))
 
 
-def test_train_on_device_with_mixed_precision(cli_runs):
-    result, model_dir = cli_runs["device"], cli_runs["dirs"]["device"]
+def test_train_on_device_with_mixed_precision(records, tmp_path):
+    """The GPU settings on a CPU. (XLA training: test_model, which compiles the same model
+    in-process; --jit_compile reaching it: test_jit_compile_...)"""
+    model_dir = tmp_path / "device"
+    result = cli.run(TRAIN, f"--records={records}", f"--model_dir={model_dir}", *COMMON, "--epochs=1",
+                     "--augment_on=device", "--mixed_precision", "--nocache", "--profile_batches=1,2")
     assert result.returncode == 0, result.stderr[-3000:]
     # CPU only: the GPU setting is warned about, naming its measured cost.
     assert "--mixed_precision on a machine without a GPU" in result.stderr
@@ -189,10 +177,18 @@ def test_missing_records_are_one_line_errors(cli_runs):
     assert unset.stderr.strip().splitlines()[-1].startswith("train.py: error: --records")
 
 
-@pytest.mark.parametrize("flag", [*BAD_FLAGS, "genuine"])
+def test_a_bad_flag_in_a_new_interpreter_is_one_line_and_exit_1(records, tmp_path):
+    result = processes.run("train.py", f"--records={records}", f"--model_dir={tmp_path / 'never'}", GENUINE_BAD_FLAG)
+    assert result.returncode == 1, result.stderr[-2000:]
+    lines = our_stderr_lines(result.stderr)
+    assert len(lines) == 1 and lines[0].startswith("train.py: error: ") and BAD_FLAGS[GENUINE_BAD_FLAG] in lines[0]
+    assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize("flag", BAD_FLAGS)
 def test_bad_flags_are_one_line_and_exit_1(cli_runs, flag):
     result = cli_runs[flag]
-    words = BAD_FLAGS[GENUINE_BAD_FLAG if flag == "genuine" else flag]
+    words = BAD_FLAGS[flag]
     assert result.returncode == 1, (flag, result.stderr[-2000:])
     lines = our_stderr_lines(result.stderr)
     assert len(lines) == 1 and lines[0].startswith("train.py: error: ") and words in lines[0], result.stderr
