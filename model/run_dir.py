@@ -114,8 +114,8 @@ def _check_state(backup_dir: str) -> Callable[[Any], BackupState]:
 
     def check(data: Any) -> BackupState:
         epoch, step, weights = data["epoch"], data.get("step", 0), data["weights"]
-        counters = (epoch, step)
-        if any(type(n) is not int or n < 0 for n in counters) or counters == (0, 0):
+        position = (epoch, step)
+        if any(type(n) is not int or n < 0 for n in position) or position == (0, 0):
             raise ValueError(f"it holds epoch {epoch!r} and step {step!r}")
         if not isinstance(weights, str) or "/" in weights:
             raise ValueError(f"it holds weights {weights!r}")

@@ -154,8 +154,8 @@ def training_input(
 
 def steps_per_epoch(config: run_config.TrainConfig, manifest: schema.Manifest) -> int:
     """Training batches per epoch: --steps_per_epoch, or one pass over the train split."""
-    full, rest = divmod(manifest.splits["train"].num_examples, config.batch_size)
-    return config.steps_per_epoch or full + (1 if rest else 0)
+    train_config, _ = input_configs(config, manifest.num_classes)
+    return config.steps_per_epoch or dataset.num_batches(manifest, "train", train_config)
 
 
 def build_model(config: run_config.TrainConfig, num_classes: int) -> keras.Model:

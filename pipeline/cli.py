@@ -124,7 +124,8 @@ def _log_to_stderr() -> None:
 
 def command_line(command: Command) -> list[str]:
     """`python <prog> --flag=value ...` of the flags given on the running command's line."""
-    given = {flag.name: flag for flag in command.flag_values._flags().values() if flag.present}  # noqa: SLF001
+    values = command.flag_values
+    given = {values[name].name: values[name] for name in values if values[name].present}  # short names too
     return ["python", command.prog, *(given[name].serialize() for name in sorted(given))]
 
 

@@ -180,11 +180,16 @@ def _finish(
         deterministic=deterministic,
     )
     if length_known and not config.distributed:
-        full, rest = divmod(manifest.splits[split].num_examples, config.batch_size)
-        num_batches = full + (1 if rest and not config.drop_remainder else 0)
         # Interleaving hides the length; the manifest knows it (Keras shows it).
-        ds = ds.apply(tf.data.experimental.assert_cardinality(num_batches))
+        ds = ds.apply(tf.data.experimental.assert_cardinality(num_batches(manifest, split, config)))
     return ds.prefetch(tf.data.AUTOTUNE).with_options(input_options(deterministic, config.autotune))
+
+
+def num_batches(manifest: schema.Manifest, split: str, config: InputConfig) -> int:
+    """Batches in one pass over a split: its examples in `config.batch_size`s (the last
+    smaller one dropped with `config.drop_remainder`)."""
+    full, rest = divmod(manifest.splits[split].num_examples, config.batch_size)
+    return full + (1 if rest and not config.drop_remainder else 0)
 
 
 def scale_on_trainer(ds: tf.data.Dataset) -> tf.data.Dataset:
@@ -275,8 +280,7 @@ def _epoch_passes(
     if config.cache:  # decoded once, in shard order; each epoch shuffles the whole split
         cached, _ = shards.read_with_position(records_dir, split, False, None, deterministic)
         cached = _decode(cached, config, tf.uint8, deterministic, manifest.num_classes).cache()
-    full, rest = divmod(num_examples, config.batch_size)
-    batches = full + (1 if rest and not config.drop_remainder else 0)
+    batches = num_batches(manifest, split, config)
 
     def epoch_batches(seeds: tf.Tensor, skip: tf.Tensor) -> tf.data.Dataset:
         if config.cache:
