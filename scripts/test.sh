@@ -4,6 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
-# Three workers on two cores (pytest-xdist): the process tests wait on their
-# children, and a third worker uses that time; an idle worker takes tests from a busy one.
-.venv/bin/python -m pytest -q -n 3 --dist worksteal "$@"
+# One worker per core (pytest-xdist); an idle worker takes tests from a busy one. A third
+# worker on two cores made the suite slower, not faster (BUILD.md, Test suite).
+.venv/bin/python -m pytest -q -n auto --dist worksteal "$@"
