@@ -139,42 +139,36 @@ def test_train_py_trains_through_the_service(tree_and_records, cluster, tmp_path
     assert all(entry["images_per_second"] > 0 and "input_images_per_second" not in entry for entry in history)
 
 
-def test_a_worker_killed_mid_epoch_and_restarted_lets_the_epoch_finish(tree_and_records, tmp_path):
+def test_a_worker_killed_mid_epoch_and_restarted_lets_the_epoch_finish(tree_and_records, cluster):
     """The supervisor's restart at the same address is what lets the job go on.
 
     The shards the dead worker had taken (up to the interleave's cycle length)
     are missed in that epoch: each example is seen at most once. The next
-    epoch is whole again.
+    epoch is whole again, and the cluster serves the other tests as before.
     """
     tree, records = tree_and_records
-    own = Cluster()
-    try:
-        own.start_worker("a")
-        own.start_worker("b")
-        manifest = schema.read_manifest(str(records))
-        data = training.training_input(_config(records, own.address), manifest, cache=False, position=None)
-        images = []
+    manifest = schema.read_manifest(str(records))
+    data = training.training_input(_config(records, cluster.address), manifest, cache=False, position=None)
+    images = []
 
-        def disturbed_epoch():
-            for step, (x, _) in enumerate(data):
-                images.append(x.numpy())
-                if step == 1:
-                    own.kill("a")
-                    own.start_worker("a", own.worker_ports["a"])
+    def disturbed_epoch():
+        for step, (x, _) in enumerate(data):
+            images.append(x.numpy())
+            if step == 1:
+                cluster.kill("worker-1")
+                cluster.start_worker("worker-1", cluster.worker_ports["worker-1"])
 
-        reader = threading.Thread(target=disturbed_epoch, daemon=True)
-        reader.start()
-        reader.join(timeout=STALL_SECONDS)
-        if reader.is_alive():  # the servers are stopped below, which ends the read
-            pytest.xfail(f"the trainer stalled after the worker's restart ({len(images)} batches, "
-                         f"{STALL_SECONDS} s): seen twice in about 30 suite runs, TF 2.21's dispatcher")
-        seen = _sources(tree, np.concatenate(images))
-        expected = Counter(im.relpath for im in tree.split("train"))
-        assert max(seen.values()) == 1 and set(seen) <= set(expected)  # at most once, and it ended
-        next_epoch = _sources(tree, np.concatenate([x.numpy() for x, _ in data]))
-        assert next_epoch == expected
-    finally:
-        own.stop()
+    reader = threading.Thread(target=disturbed_epoch, daemon=True)
+    reader.start()
+    reader.join(timeout=STALL_SECONDS)
+    if reader.is_alive():  # the servers are stopped at the module's end, which ends the read
+        pytest.xfail(f"the trainer stalled after the worker's restart ({len(images)} batches, "
+                     f"{STALL_SECONDS} s): seen twice in about 30 suite runs, TF 2.21's dispatcher")
+    seen = _sources(tree, np.concatenate(images))
+    expected = Counter(im.relpath for im in tree.split("train"))
+    assert max(seen.values()) == 1 and set(seen) <= set(expected)  # at most once, and it ended
+    next_epoch = _sources(tree, np.concatenate([x.numpy() for x, _ in data]))
+    assert next_epoch == expected
 
 
 def test_distribute_gives_each_element_once_per_epoch_with_the_trainer_end_untuned(cluster):

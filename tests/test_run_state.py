@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import shutil
 
-import pytest
-
 from model.commands import TRAIN
 
 
@@ -39,24 +37,34 @@ def test_a_run_json_cut_in_half_is_named_and_deleting_it_resumes(run, capsys):
     assert [entry["epoch"] for entry in json.loads((model_dir / "history.json").read_text())] == [0, 1]
 
 
-@pytest.mark.parametrize("damage", ["cut", "weights gone", "not an object"])
-def test_a_damaged_backup_state_is_named_and_deleting_the_backup_trains_again(run, capsys, damage):
+def test_a_damaged_backup_state_is_named_and_deleting_the_backup_trains_again(run, capsys):
+    """Three damages, each named in its line; the remedy, the same for all, is followed once."""
     argv, model_dir = run
     state = model_dir / "backup" / "state.json"
-    if damage == "cut":
+    whole = state.read_text()
+    weights = json.loads(whole)["weights"]
+    kept = (model_dir / "backup" / weights).read_bytes()
+
+    def cut():
         _cut(state)
-        expected = "not valid JSON"
-    elif damage == "weights gone":
-        weights = json.loads(state.read_text())["weights"]
+        return "not valid JSON"
+
+    def weights_gone():
         (model_dir / "backup" / weights).unlink()
-        expected = f"the weights file it names, {weights}, is not there"
-    else:
+        return f"the weights file it names, {weights}, is not there"
+
+    def not_an_object():
         state.write_text("[1, 2]\n")
-        expected = "it does not hold what it should"
-    assert TRAIN.main([*argv, "--epochs=2"]) == 1
-    line = _error_line(capsys)
-    assert f"{state} is damaged: {expected}" in line, line
-    assert f"delete {model_dir / 'backup'} to train again from the first epoch" in line
+        return "it does not hold what it should"
+
+    for damage in (cut, weights_gone, not_an_object):
+        state.write_text(whole)
+        (model_dir / "backup" / weights).write_bytes(kept)
+        expected = damage()
+        assert TRAIN.main([*argv, "--epochs=2"]) == 1
+        line = _error_line(capsys)
+        assert f"{state} is damaged: {expected}" in line, (damage.__name__, line)
+        assert f"delete {model_dir / 'backup'} to train again from the first epoch" in line
     shutil.rmtree(model_dir / "backup")
     assert TRAIN.main([*argv, "--epochs=1"]) == 0
 
