@@ -12,6 +12,8 @@ continue a finished one to a larger --epochs). Each flag is a field of
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import os
 import signal
 import sys
@@ -23,10 +25,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow's first 
 import tensorflow as tf  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 from pipeline import cli  # noqa: E402
 from pipeline import fileio  # noqa: E402
+from pipeline import schema  # noqa: E402
 from pipeline import verify  # noqa: E402
+from pipeline.reader import dataset  # noqa: E402
+from model import evaluation  # noqa: E402
+from model import inference  # noqa: E402
 from model import run_config  # noqa: E402
 from model import run_dir  # noqa: E402
 from model import training  # noqa: E402
@@ -75,6 +82,9 @@ flags.DEFINE_boolean(
 )
 flags.DEFINE_boolean("jit_compile", _DEFAULTS.jit_compile, "Compile the train step with XLA.", flag_values=FLAGS)
 flags.DEFINE_boolean("save_h5", _DEFAULTS.save_h5, "Also save model.h5, as the notebook did.", flag_values=FLAGS)
+flags.DEFINE_boolean(
+    "export", _DEFAULTS.export, "Also write MODEL_DIR/export: a SavedModel that takes encoded images.", flag_values=FLAGS
+)
 flags.DEFINE_string(
     "data_service", _DEFAULTS.data_service,
     "grpc://HOST:PORT of a tf.data service dispatcher whose workers prepare the training batches "
@@ -176,3 +186,112 @@ def _train() -> int | None:
 
 
 TRAIN = cli.Command("train.py", __doc__, FLAGS, _train, errors=(FileNotFoundError, ValueError))
+
+
+# --------------------------------------------------------------------------
+# After training: evaluate.py, predict.py, export.py, each on a model_dir.
+
+EVALUATE_DOC = """evaluate.py: where a trained model goes wrong, on one split of its records.
+
+    python evaluate.py --model_dir=runs/cats_vs_dogs                  # its records' test split
+    python evaluate.py --model_dir=runs/cats_vs_dogs --split=validation --records=other_records/
+
+Prints a per-class table; writes metrics.json, predictions.csv,
+confusion_matrix.png and mistakes.png into --out (default MODEL_DIR/eval_SPLIT).
+"""
+EVAL_FLAGS = flags.FlagValues()
+flags.DEFINE_string("model_dir", None, "A train.py --model_dir.", flag_values=EVAL_FLAGS)
+flags.DEFINE_string("records", None, "Records folder; default: the run's own.", flag_values=EVAL_FLAGS)
+flags.DEFINE_string("split", "test", "The split to evaluate.", flag_values=EVAL_FLAGS)
+flags.DEFINE_string("out", None, "Report folder; default: MODEL_DIR/eval_SPLIT.", flag_values=EVAL_FLAGS)
+flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Images per batch.", lower_bound=1, flag_values=EVAL_FLAGS)
+
+
+def _open_run(flag_values: flags.FlagValues) -> inference.TrainedRun:
+    if not flag_values.model_dir:
+        cli.fail("--model_dir is required: a folder written by train.py")
+    return inference.open_run(flag_values.model_dir)
+
+
+def _evaluate() -> None:
+    run = _open_run(EVAL_FLAGS)
+    records = EVAL_FLAGS.records or run.records
+    if not records:
+        cli.fail(f"{run.model_dir}/results.json names no records folder: pass --records")
+    manifest = schema.read_manifest(records)
+    manifest.split(EVAL_FLAGS.split, records)
+    if manifest.class_names != run.class_names:
+        cli.fail(f"{records} holds the classes {', '.join(manifest.class_names)}, "
+                 f"the model {', '.join(run.class_names)}: pass the records it was trained on")
+    config = dataset.InputConfig(image_size=run.image_size, batch_size=EVAL_FLAGS.batch_size)
+    report = evaluation.evaluate_split(run.load_model(), records, EVAL_FLAGS.split, config, run.class_names)
+    out = EVAL_FLAGS.out or os.path.join(run.model_dir, f"eval_{EVAL_FLAGS.split}")
+    evaluation.write_report(report, out, records, EVAL_FLAGS.split, config)
+    print(evaluation.per_class_table(report))
+    print(f"Wrote metrics.json, predictions.csv, confusion_matrix.png and mistakes.png to {out}")
+
+
+EVALUATE = cli.Command("evaluate.py", EVALUATE_DOC, EVAL_FLAGS, _evaluate, errors=(FileNotFoundError, ValueError))
+
+PREDICT_DOC = """predict.py: classifies photos with a trained model, as it was trained to read them.
+
+    python predict.py --model_dir=runs/cats_vs_dogs new_photos/ one.jpg gs://bucket/more/
+    python predict.py --model_dir=runs/cats_vs_dogs --output=out.csv --strict photos/
+
+PATH: image files, folders (searched recursively) or URLs tf.io.gfile reads.
+The class names and image size come from the run. Writes a CSV: path,
+predicted, confidence, p_<class> per class, error. A file that does not
+decode gets a row with its error; --strict then exits 1.
+"""
+PREDICT_FLAGS = flags.FlagValues()
+flags.DEFINE_string("model_dir", None, "A train.py --model_dir.", flag_values=PREDICT_FLAGS)
+flags.DEFINE_string("output", "predictions.csv", "The CSV to write.", flag_values=PREDICT_FLAGS)
+flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Images per batch.", lower_bound=1, flag_values=PREDICT_FLAGS)
+flags.DEFINE_boolean("strict", False, "Exit 1 if any file could not be read or decoded.", flag_values=PREDICT_FLAGS)
+# Above this many files a progress bar is drawn.
+_PROGRESS_FROM = 200
+
+
+def _predict(paths: list[str]) -> int:
+    run = _open_run(PREDICT_FLAGS)
+    if not paths:
+        cli.fail("no PATH given: name image files, folders or URLs after the flags")
+    files = inference.image_files(paths)
+    if not files:
+        cli.fail(f"no image files ({', '.join(inference.IMAGE_SUFFIXES)}) under {' '.join(paths)}")
+    model = run.load_model()
+    with tqdm(total=len(files), unit="img", desc="predicting", disable=len(files) < _PROGRESS_FROM) as bar:
+        predictions = inference.predict_files(run, model, files, PREDICT_FLAGS.batch_size,
+                                              progress=lambda done: bar.update(done - bar.n))
+    text = io.StringIO()
+    csv.writer(text).writerows(inference.predictions_table(run, predictions))
+    fileio.write_text(PREDICT_FLAGS.output, text.getvalue())
+    failed = [p for p in predictions if p.error]
+    print(f"Predicted {len(predictions) - len(failed)} of {len(predictions)} files into {PREDICT_FLAGS.output}"
+          + (f"; {len(failed)} could not be read or decoded (the error column says why)" if failed else ""))
+    return 1 if failed and PREDICT_FLAGS.strict else 0
+
+
+PREDICT = cli.Command("predict.py", PREDICT_DOC, PREDICT_FLAGS, _predict, errors=(FileNotFoundError, ValueError),
+                      positional=True)
+
+EXPORT_DOC = """export.py: writes MODEL_DIR/export, a SavedModel that takes encoded images.
+
+    python export.py --model_dir=runs/cats_vs_dogs
+
+train.py writes it at the end of every run; this is for older runs. Its
+serving_default signature takes image_bytes (tf.string [None]) and returns
+probabilities (float32 [None, classes]) and classes (tf.string [None]).
+"""
+EXPORT_FLAGS = flags.FlagValues()
+flags.DEFINE_string("model_dir", None, "A train.py --model_dir.", flag_values=EXPORT_FLAGS)
+flags.DEFINE_string("out", None, "The SavedModel folder; default: MODEL_DIR/export.", flag_values=EXPORT_FLAGS)
+
+
+def _export() -> None:
+    run = _open_run(EXPORT_FLAGS)
+    path = inference.export_model(run, run.load_model(), EXPORT_FLAGS.out)
+    print(f"Wrote the SavedModel to {path} (signature serving_default: image_bytes -> probabilities, classes)")
+
+
+EXPORT = cli.Command("export.py", EXPORT_DOC, EXPORT_FLAGS, _export, errors=(FileNotFoundError, ValueError))

@@ -61,6 +61,7 @@ class TrainConfig:
       mixed_precision: float16 compute on a GPU, bfloat16 on a CPU.
       jit_compile: compile the train step with XLA.
       save_h5: also save model.h5.
+      export: also write export/, a SavedModel that takes encoded images (model.inference).
       strategy: one device, or mirrored over the local devices.
       data_service: a tf.data service dispatcher, grpc://HOST:PORT, whose
         workers prepare the training batches (validation stays local); None
@@ -91,6 +92,7 @@ class TrainConfig:
     mixed_precision: bool = False
     jit_compile: bool = False
     save_h5: bool = False
+    export: bool = True
     strategy: Strategy = Strategy.DEFAULT
     data_service: str | None = None
     profile_batches: tuple[int, int] | None = None

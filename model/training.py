@@ -36,7 +36,9 @@ from pipeline.reader import dataset
 from pipeline.reader import service
 from model import callbacks
 from model import cnn
+from model import evaluation
 from model import hardware
+from model import inference
 from model import pictures
 from model import run_config
 from model import run_dir
@@ -200,7 +202,9 @@ class TrainResult:
       last_epoch: the last epoch's logs (loss, accuracy, val_*, rates), or None.
       files: "model" (and "model_h5") -> the path written.
       setup: what the run used, as logged at start (`describe_setup`).
-      test: the test split's metrics (loss, accuracy), None without a test split.
+      test: the test split's metrics (loss, accuracy), None without a test split;
+        the whole report is in `model_dir/eval_test/` (model.evaluation).
+      records: the records folder trained on (evaluate.py's default).
       already_complete: the model_dir held a finished run of `epochs` or more,
         so nothing was trained (not kept in results.json).
     """
@@ -211,16 +215,17 @@ class TrainResult:
     setup: dict[str, str]
     test: dict[str, float] | None = None
     already_complete: bool = False
+    records: str = ""
 
     def to_json(self) -> dict:
-        data = {name: getattr(self, name) for name in ("epochs_done", "last_epoch", "files", "setup")}
+        data = {name: getattr(self, name) for name in ("epochs_done", "last_epoch", "files", "setup", "records")}
         return data if self.test is None else {**data, "test": self.test}
 
     @classmethod
     def from_json(cls, data: dict, already_complete: bool = False) -> "TrainResult":
         return cls(
             int(data["epochs_done"]), data["last_epoch"], dict(data["files"]), dict(data["setup"]),
-            data.get("test"), already_complete,
+            data.get("test"), already_complete, str(data.get("records", "")),
         )
 
 
@@ -307,10 +312,14 @@ def _save_results(
     history = callbacks.read_history(config.path("history.json"))
     test = None
     if "test" in manifest.splits:
-        test_ds = dataset.eval_dataset(config.records, "test", dataclasses.replace(eval_config, cache=False))
-        test = model.evaluate(test_ds, verbose=0, return_dict=True)
+        report = evaluation.evaluate_split(model, config.records, "test", eval_config, manifest.class_names)
+        evaluation.write_report(report, config.path("eval_test"), config.records, "test", eval_config)
+        test = {"accuracy": report.accuracy, "loss": report.loss}
         logging.info("test: %s", test)
-    result = TrainResult(len(history), history[-1] if history else None, files, setup, test)
+    run = inference.TrainedRun(config.model_dir, manifest.class_names, (config.image_size,) * 2, config.records)
+    if config.export:
+        files["export"] = inference.export_model(run, model)
+    result = TrainResult(len(history), history[-1] if history else None, files, setup, test, records=config.records)
     fileio.write_json(config.path("results.json"), result.to_json())
     return result
 

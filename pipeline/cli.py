@@ -50,13 +50,16 @@ class Command:
       body: runs the command once the flags are parsed; returns None (0) or
         an exit status, or raises CommandError.
       errors: exception types that are one-line errors of the user's input.
+      positional: the command takes arguments besides its flags (predict.py's
+        paths); `body` then gets them as a list.
     """
 
     prog: str
     doc: str
     flag_values: flags.FlagValues
-    body: Callable[[], int | None]
+    body: Callable[..., int | None]
     errors: tuple[type[BaseException], ...] = ()
+    positional: bool = False
 
     def main(self, argv: list[str]) -> int:
         """Parses `argv` (argv[0] is the program) and runs the command: its exit status."""
@@ -67,10 +70,10 @@ class Command:
             self.flag_values[name].unparse()
         try:
             rest = self.flag_values(argv)
-            if len(rest) > 1:
+            if len(rest) > 1 and not self.positional:
                 raise CommandError(f"unexpected arguments: {' '.join(rest[1:])}")
             _log_to_stderr()
-            status = self.body()
+            status = self.body(rest[1:]) if self.positional else self.body()
         except flags.Error as e:  # bad values and failed validators
             return self._error(e)
         except CommandError as e:

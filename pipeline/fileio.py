@@ -207,16 +207,21 @@ def normalize_json(value: Any) -> Any:
 
 
 def write_json(path: str, data: Any) -> str:
-    """Writes `data` as indented JSON, all or nothing; returns `path`.
+    """Writes `data` as indented JSON, all or nothing (`write_text`); non-finite
+    floats are written as null. Returns `path`."""
+    return write_text(path, json.dumps(normalize_json(data), indent=2, allow_nan=False) + "\n")
+
+
+def write_text(path: str, text: str) -> str:
+    """Writes `text` to `path`, all or nothing; returns `path`.
 
     The text goes to `path + ".tmp"` first and is renamed over `path`: a
     reader (or a run killed half-way) sees the old file or the new one, never
-    a part. Non-finite floats are written as null.
+    a part.
     """
     folder = os.path.dirname(path)
     if folder:
         _gfile().makedirs(folder)
-    text = json.dumps(normalize_json(data), indent=2, allow_nan=False) + "\n"
     tmp = path + ".tmp"
     with _gfile().GFile(tmp, "w") as f:
         f.write(text)

@@ -197,3 +197,28 @@ def plot_line_panels(panels: Sequence[LinePanel], path: str, suptitle: str | Non
     if suptitle:
         fig.suptitle(suptitle)
     return _save(fig, path)
+
+
+def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: str, title: str = "") -> str:
+    """Counts of (true row, predicted column) as a shaded grid, each cell with its count.
+
+    Args:
+      matrix: int [C, C]; rows true classes, columns predicted.
+      class_names: the C names, in that order.
+      path: the PNG to write.
+    """
+    size = 1.2 + 0.9 * len(class_names)
+    fig = _figure(figsize=(size + 1.0, size))
+    ax = fig.add_subplot()
+    ax.imshow(matrix, cmap="Blues")
+    ticks = range(len(class_names))
+    ax.set_xticks(ticks, class_names)
+    ax.set_yticks(ticks, class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for (row, col), count in np.ndenumerate(matrix):
+        ax.text(col, row, f"{count}", ha="center", va="center", color="white" if count > threshold else "black")
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)

@@ -329,3 +329,32 @@ def eval_dataset(records_dir: str, split: str, config: InputConfig = InputConfig
     if config.cache:
         ds = ds.cache()
     return _finish(ds, config, manifest, split, deterministic)
+
+
+def split_filenames(records_dir: str, split: str) -> list[str]:
+    """Each record's source path (relative to its split folder), in `eval_dataset`'s order."""
+    ds, _ = shards.read_records(records_dir, split)
+    ds = ds.map(_plain(lambda record: schema.parse_example(record)[schema.FILENAME_KEY]),
+                num_parallel_calls=tf.data.AUTOTUNE)
+    return [name.decode() for name in ds.batch(1024).unbatch().as_numpy_iterator()]
+
+
+def files_dataset(paths: list[str], image_size: tuple[int, int], batch_size: int) -> tf.data.Dataset:
+    """Image files (local paths or URLs `tf.io.gfile` reads), read and decoded in parallel.
+
+    Each file goes through `transforms.preprocess_encoded`, the records'
+    evaluation decode. A file that cannot be read or decoded is left out; the
+    caller finds it by its missing index.
+
+    Returns:
+      Batches of (images `tf.float32` [B, height, width, 3] in [0, 1],
+      indices into `paths`, int64 [B]), in the order of `paths`.
+    """
+
+    def load(index, path):
+        return transforms.preprocess_encoded(tf.io.read_file(path), image_size), index
+
+    ds = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), tf.constant(paths, tf.string)))
+    ds = ds.map(_plain(load), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.ignore_errors().batch(batch_size)
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(input_options(deterministic=True))

@@ -99,3 +99,43 @@ def encode_label(label: tf.Tensor, num_classes: int, class_mode: str) -> tf.Tens
     if class_mode == "sparse":
         return tf.cast(label, tf.int32)
     raise ValueError(f"class_mode must be one of {', '.join(CLASS_MODES)}, got {class_mode!r}")
+
+
+def decode_any(encoded: tf.Tensor, target_size: tuple[int, int] | None = None) -> tf.Tensor:
+    """Decodes an image file's bytes as the records' images are decoded.
+
+    A JPEG (RGB, grayscale or CMYK) goes through `decode_image` with its
+    header's size, so a stored-as-is JPEG decodes exactly as its record does;
+    PNG, GIF (first frame), BMP and WebP through `tf.io.decode_image`.
+
+    Args:
+      encoded: scalar `tf.string`, the file's bytes.
+      target_size: see `decode_image`.
+
+    Returns:
+      `tf.uint8` [h, w, 3].
+    """
+
+    def jpeg():
+        shape = tf.cast(tf.image.extract_jpeg_shape(encoded), tf.int64)
+        return decode_image(encoded, shape[0], shape[1], target_size)
+
+    def other():
+        image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+        image.set_shape([None, None, 3])
+        return image
+
+    return tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
+
+
+def preprocess_encoded(encoded: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
+    """An image file's bytes -> the model's input, as evaluation reads a record.
+
+    Args:
+      encoded: scalar `tf.string`: JPEG, PNG, GIF, BMP or WebP.
+      image_size: (height, width).
+
+    Returns:
+      `tf.float32` [height, width, 3] in [0, 1].
+    """
+    return scale_image(resize_image(decode_any(encoded, image_size), image_size, tf.float32))

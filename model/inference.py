@@ -1,0 +1,199 @@
+"""A finished run used on new photos: its classes and image size, predictions, the export.
+
+    model_dir: run.json (classes, image size), results.json (records), model.keras
+    photos (files, folders, URLs) --files_dataset--> model --> Prediction rows
+    model --export_model--> SavedModel: image_bytes -> preprocess_encoded -> model
+                            -> probabilities, classes
+
+Every path decodes, resizes and scales with the reader's own
+`transforms.preprocess_encoded`, the records' evaluation decode: no copy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shutil
+from collections.abc import Callable, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from pipeline import fileio
+from pipeline.reader import dataset
+from pipeline.reader import transforms
+from model import evaluation
+from model import run_dir
+
+EXPORT_DIRNAME = "export"
+# Files predict.py takes from a folder; any other file named on the command line is tried too.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedRun:
+    """What a model_dir says about its model.
+
+    Attributes:
+      model_dir: the folder.
+      class_names: the classes, in label order.
+      image_size: (height, width) the model takes.
+      records: the records folder it was trained on, or "" if results.json does not say.
+    """
+
+    model_dir: str
+    class_names: tuple[str, ...]
+    image_size: tuple[int, int]
+    records: str = ""
+
+    @property
+    def model_path(self) -> str:
+        return os.path.join(self.model_dir, "model.keras")
+
+    def load_model(self) -> keras.Model:
+        if not fileio.exists(self.model_path):
+            raise FileNotFoundError(f"{self.model_path} is not there: train.py writes it at the end of a run")
+        return keras.models.load_model(self.model_path, compile=False)
+
+
+def _run_settings(data) -> tuple[tuple[str, ...], tuple[int, int]]:
+    names, size = data["class_names"], data["image_size"]
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names) and isinstance(size, int)):
+        raise TypeError("class names and an image size")
+    return tuple(names), (size, size)
+
+
+def open_run(model_dir: str) -> TrainedRun:
+    """The run in `model_dir`, from its run.json and results.json.
+
+    Raises:
+      FileNotFoundError: no run.json: not a train.py model_dir.
+      fileio.DamagedFileError: run.json does not read.
+    """
+    path = os.path.join(model_dir, run_dir.RUN_FILENAME)
+    if not fileio.exists(path):
+        raise FileNotFoundError(f"{model_dir} holds no run ({run_dir.RUN_FILENAME} is not there): pass a train.py --model_dir")
+    class_names, image_size = fileio.read_state(path, _run_settings, f"train again into another --model_dir")
+    results = os.path.join(model_dir, "results.json")
+    records = ""
+    if fileio.exists(results):
+        records = fileio.read_state(results, lambda data: str(data.get("records", "")), "train again to write it")
+    return TrainedRun(model_dir, class_names, image_size, records)
+
+
+# --------------------------------------------------------------------------
+# predict.py
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """One input file: its class probabilities, or the error that kept it from the model."""
+
+    path: str
+    probabilities: tuple[float, ...] = ()
+    error: str = ""
+
+
+def image_files(paths: Sequence[str]) -> list[str]:
+    """Files named, and the image files (IMAGE_SUFFIXES) found under folders named, recursively, sorted."""
+    found = []
+    for path in paths:
+        if tf.io.gfile.isdir(path):
+            for folder, _, files in tf.io.gfile.walk(path):
+                found.extend(sorted(os.path.join(folder, name) for name in files
+                                    if name.lower().endswith(IMAGE_SUFFIXES)))
+        else:
+            found.append(path)
+    return found
+
+
+def _error(path: str, image_size: tuple[int, int]) -> str:
+    """Why `path` did not decode: TensorFlow's message, from the same decode, eagerly."""
+    try:
+        transforms.preprocess_encoded(tf.io.read_file(path), image_size)
+    except (tf.errors.OpError, ValueError) as e:
+        message = (getattr(e, "message", None) or str(e)).strip().splitlines()[0]
+        # TensorFlow's wrapping ("{{function_node ...}} ... [Op:ReadFile]") names its kernel, not the problem.
+        return re.sub(r"\{\{[^}]*\}\}\s*|\s*\[Op:[^\]]*\].*$", "", message)
+    return "it did not decode in the batch"  # a transient failure: it read alone
+
+
+def predict_files(
+    run: TrainedRun, model: keras.Model, paths: Sequence[str], batch_size: int,
+    progress: Callable[[int], None] = lambda done: None,
+) -> list[Prediction]:
+    """A Prediction per path, in order: files read and decoded in parallel through tf.data.
+
+    `progress` gets the number of files done after each batch.
+    """
+    probabilities: dict[int, np.ndarray] = {}
+    done = 0
+    for images, indices in dataset.files_dataset(list(paths), run.image_size, batch_size):
+        batch = evaluation.class_probabilities(model(images, training=False)).numpy()
+        probabilities.update(zip(indices.numpy().tolist(), batch))
+        done = int(indices[-1]) + 1
+        progress(done)
+    progress(len(paths))
+    return [
+        Prediction(path, tuple(float(p) for p in probabilities[i])) if i in probabilities
+        else Prediction(path, error=_error(path, run.image_size))
+        for i, path in enumerate(paths)
+    ]
+
+
+def predictions_table(run: TrainedRun, predictions: Sequence[Prediction]) -> list[list[str]]:
+    """CSV rows: path, predicted, confidence, p_<class>..., error; the header first."""
+    rows = [["path", "predicted", "confidence", *(f"p_{name}" for name in run.class_names), "error"]]
+    for p in predictions:
+        if p.error:
+            rows.append([p.path, "", "", *([""] * len(run.class_names)), p.error])
+        else:
+            best = int(np.argmax(p.probabilities))
+            rows.append([p.path, run.class_names[best], f"{p.probabilities[best]:.6f}",
+                         *(f"{x:.6f}" for x in p.probabilities), ""])
+    return rows
+
+
+# --------------------------------------------------------------------------
+# The export: a SavedModel for TF Serving and any TensorFlow client.
+
+
+def export_model(run: TrainedRun, model: keras.Model, path: str | None = None) -> str:
+    """Writes a SavedModel whose `serving_default` takes encoded images.
+
+    Signature: `image_bytes` (`tf.string` [None]: JPEG, PNG, GIF, BMP or WebP)
+    -> `probabilities` (float32 [None, classes], the run's class order) and
+    `classes` (`tf.string` [None], the predicted class names). Decode, resize
+    and scaling are `transforms.preprocess_encoded`, inside the graph; a
+    device augmentation layer is off, as at any inference.
+
+    Returns:
+      The folder written (`model_dir/export` by default), replaced whole.
+    """
+    path = path or os.path.join(run.model_dir, EXPORT_DIRNAME)
+    image_size, names = run.image_size, tf.constant(run.class_names)
+    spec = tf.TensorSpec(model.inputs[0].shape[1:], tf.float32)
+
+    def serve(image_bytes):
+        images = tf.map_fn(lambda encoded: transforms.preprocess_encoded(encoded, image_size), image_bytes,
+                           fn_output_signature=spec)
+        probabilities = evaluation.class_probabilities(model(images, training=False))
+        return {"probabilities": probabilities, "classes": tf.gather(names, tf.argmax(probabilities, axis=-1))}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", serve, input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    if fileio.exists(path):
+        tf.io.gfile.rmtree(path)
+    if fileio.is_url(path):  # object stores rename no folders: written in place
+        archive.write_out(path, verbose=False)
+        return path
+    # Locally, written beside and renamed: a kill leaves the old export or none, never a part.
+    scratch = path.rstrip("/") + ".partial"
+    if fileio.exists(scratch):
+        shutil.rmtree(scratch)
+    archive.write_out(scratch, verbose=False)
+    os.replace(scratch, path)
+    return path

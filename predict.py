@@ -1,0 +1,4 @@
+"""Classifies image files, folders or URLs with a trained model; writes a CSV."""
+from model.commands import PREDICT
+
+PREDICT.run()
