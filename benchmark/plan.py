@@ -35,6 +35,7 @@ from pipeline.reader import service
 from benchmark import BenchmarkError
 from benchmark import loaders
 from benchmark import timing
+from model import inference
 from model import run_config
 from model import training
 
@@ -204,6 +205,9 @@ class _Run:
         self.add(cold_rows[cold_nodct])
         self.steady(Spec("pipeline_steady", "pipeline, steady, no cache", Group.PIPELINE, "idg_rescale"),
                     lambda: dataset.eval_dataset(original, split, plain))
+        files = inference.image_files([split_dir])
+        self.steady(Spec("predict_files", "predict.py's reading, image files, steady", Group.PIPELINE, "idg_rescale"),
+                    lambda: dataset.files_dataset(files, size, batch))
         self.steady(Spec("pipeline_steady_cached", "pipeline, steady, cache", Group.PIPELINE, "idg_rescale"),
                     lambda: dataset.eval_dataset(original, split, dataclasses.replace(plain, cache=True)))
         self.steady(Spec("pipeline_aug", "pipeline, steady, host aug, no cache", Group.PIPELINE, "idg_augment"),

@@ -1,4 +1,4 @@
-"""The issues' targets (#3, #8), as data; `report.evaluate` judges them on a run."""
+"""The issues' targets (#3, #8, #17), as data; `report.evaluate` judges them on a run."""
 
 from __future__ import annotations
 
@@ -59,6 +59,8 @@ TARGETS: tuple[Target, ...] = (
                 ("idg_augment",), "ImageDataGenerator with augmentation", threshold=10.0),  # issue #8
     RatioTarget("service_vs_in_process", ("service_1_worker",), "tf.data service, 1 local worker",
                 ("pipeline_aug_tfops",), "the same pipeline in-process", threshold=0.8),  # issue #8
+    RatioTarget("predict_vs_eval_uncached", ("predict_files",), "predict.py's reading of the image files",
+                ("pipeline_steady",), "the reader's uncached evaluation", threshold=0.8),  # issue #17
     GrowthTarget("streaming_memory_growth", window=3, threshold_mib=100.0),
     PeakTarget("peak_memory", threshold_mib=2048.0),  # 2 GiB
 )

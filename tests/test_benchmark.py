@@ -34,6 +34,7 @@ LOADERS = (
     "pipeline_cold",
     "pipeline_cold_nodct",
     "pipeline_steady",
+    "predict_files",
     "pipeline_steady_cached",
     "pipeline_aug",
     "pipeline_aug_cached",
@@ -60,7 +61,8 @@ TOP_LEVEL_KEYS = [
 ]
 TARGET_NAMES = [
     "aug_cached_vs_idg_aug", "plain_vs_idg_rescale", "cold_vs_ceiling", "training_vs_in_memory",
-    "tfops_aug_cached_vs_idg_aug", "service_vs_in_process", "streaming_memory_growth", "peak_memory",
+    "tfops_aug_cached_vs_idg_aug", "service_vs_in_process", "predict_vs_eval_uncached", "streaming_memory_growth",
+    "peak_memory",
 ]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
