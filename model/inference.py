@@ -75,7 +75,7 @@ def open_run(model_dir: str) -> TrainedRun:
     path = os.path.join(model_dir, run_dir.RUN_FILENAME)
     if not fileio.exists(path):
         raise FileNotFoundError(f"{model_dir} holds no run ({run_dir.RUN_FILENAME} is not there): pass a train.py --model_dir")
-    class_names, image_size = fileio.read_state(path, _run_settings, f"train again into another --model_dir")
+    class_names, image_size = fileio.read_state(path, _run_settings, "train again into another --model_dir")
     results = os.path.join(model_dir, "results.json")
     records = ""
     if fileio.exists(results):

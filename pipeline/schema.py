@@ -375,7 +375,7 @@ def check_shard_files(records_dir: str, manifest: Manifest) -> None:
         )
 
 
-def write_tfds_metadata(records_dir: str, manifest: schema.Manifest) -> None:
+def write_tfds_metadata(records_dir: str, manifest: Manifest) -> None:
     """Writes the TFDS metadata of the manifest, for tfds.builder_from_directory."""
     import tensorflow_datasets as tfds  # heavy; only the converter needs it
 
