@@ -178,10 +178,10 @@ def write_report(
         predicted = int(evaluation.probabilities[i].argmax())
         titles.append(f"{os.path.basename(evaluation.filenames[i])}\n{evaluation.class_names[evaluation.labels[i]]}"
                       f" -> {evaluation.class_names[predicted]} {evaluation.probabilities[i, predicted]:.2f}")
+    suptitle = f"The {len(mistakes)} most confident mistakes ({split})"
     if not len(mistakes):  # a blank tile says so
-        images, titles = np.ones((1, *config.image_size, 3), np.float32), ["no mistakes"]
-    plots.plot_image_grid(images, titles, files["mistakes.png"], rows=-(-len(titles) // 4), cols=4,
-                          suptitle=f"The {len(mistakes)} most confident mistakes ({split})")
+        images, titles, suptitle = np.ones((1, *config.image_size, 3), np.float32), [""], f"No mistakes ({split})"
+    plots.plot_image_grid(images, titles, files["mistakes.png"], rows=-(-len(titles) // 4), cols=4, suptitle=suptitle)
     return files
 
 
