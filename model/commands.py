@@ -226,7 +226,7 @@ def _evaluate() -> None:
     config = dataset.InputConfig(image_size=run.image_size, batch_size=EVAL_FLAGS.batch_size)
     report = evaluation.evaluate_split(run.load_model(), records, EVAL_FLAGS.split, config, run.class_names)
     out = EVAL_FLAGS.out or os.path.join(run.model_dir, f"eval_{EVAL_FLAGS.split}")
-    evaluation.write_report(report, out, records, EVAL_FLAGS.split, config)
+    evaluation.write_report(report, out, EVAL_FLAGS.split)
     print(evaluation.per_class_table(report))
     print(f"Wrote metrics.json, predictions.csv, confusion_matrix.png and mistakes.png to {out}")
 

@@ -49,6 +49,9 @@ class Evaluation:
       class_names: the run's classes.
       filenames, labels, probabilities: per example, in the records' order;
         probabilities float32 [N, classes].
+      mistakes, mistake_images: the MISTAKES_SHOWN most confident mistakes
+        (indices, most confident first) and their model inputs, float32
+        [len(mistakes), H, W, 3], kept as the split went by.
     """
 
     accuracy: float
@@ -60,6 +63,8 @@ class Evaluation:
     filenames: tuple[str, ...]
     labels: np.ndarray
     probabilities: np.ndarray
+    mistakes: tuple[int, ...] = ()
+    mistake_images: np.ndarray | None = None
 
     def metrics_json(self) -> dict:
         data = {
@@ -106,11 +111,17 @@ def evaluate_split(
       config: the run's evaluation InputConfig (image size, batch size, class mode).
     """
     ds = dataset.eval_dataset(records_dir, split, dataclasses.replace(config, cache=False, class_mode="sparse"))
-    labels, outputs = [], []
+    labels, probabilities, kept = [], [], {}  # kept: index -> (confidence, image) of the top mistakes so far
+    start = 0
     for images, batch_labels in ds:
-        outputs.append(model(images, training=False).numpy())
+        batch = class_probabilities(model(images, training=False)).numpy()
+        for j in np.flatnonzero(batch.argmax(axis=-1) != batch_labels.numpy()):
+            kept[start + int(j)] = (float(batch[j].max()), images[j].numpy())
+        kept = dict(sorted(kept.items(), key=lambda item: (-item[1][0], item[0]))[:MISTAKES_SHOWN])
+        probabilities.append(batch)
         labels.append(batch_labels.numpy())
-    probabilities = class_probabilities(np.concatenate(outputs)).numpy()
+        start += len(batch)
+    probabilities = np.concatenate(probabilities)
     labels = np.concatenate(labels).astype(np.int64)
     predicted = probabilities.argmax(axis=-1)
     matrix = np.zeros((len(class_names), len(class_names)), np.int64)
@@ -123,7 +134,8 @@ def evaluate_split(
         per_class=_per_class(matrix, class_names),
         roc_auc=roc_auc(labels, probabilities[:, 1]) if len(class_names) == 2 else None,
         class_names=class_names, filenames=tuple(dataset.split_filenames(records_dir, split)),
-        labels=labels, probabilities=probabilities,
+        labels=labels, probabilities=probabilities, mistakes=tuple(kept),
+        mistake_images=np.stack([image for _, image in kept.values()]) if kept else None,
     )
 
 
@@ -148,17 +160,7 @@ def _predictions_csv(evaluation: Evaluation) -> str:
     return out.getvalue()
 
 
-def _mistakes(evaluation: Evaluation) -> np.ndarray:
-    """Indices of the most confident mistakes, most confident first."""
-    predicted = evaluation.probabilities.argmax(axis=-1)
-    wrong = np.flatnonzero(predicted != evaluation.labels)
-    confidence = evaluation.probabilities[wrong, predicted[wrong]]
-    return wrong[np.argsort(-confidence, kind="stable")][:MISTAKES_SHOWN]
-
-
-def write_report(
-    evaluation: Evaluation, out_dir: str, records_dir: str, split: str, config: dataset.InputConfig
-) -> dict[str, str]:
+def write_report(evaluation: Evaluation, out_dir: str, split: str) -> dict[str, str]:
     """Writes metrics.json, predictions.csv, confusion_matrix.png and mistakes.png into `out_dir`.
 
     Returns:
@@ -171,8 +173,7 @@ def write_report(
     fileio.write_text(files["predictions.csv"], _predictions_csv(evaluation))
     plots.plot_confusion_matrix(np.asarray(evaluation.confusion_matrix), evaluation.class_names,
                                 files["confusion_matrix.png"], title=f"{split}: accuracy {evaluation.accuracy:.3f}")
-    mistakes = _mistakes(evaluation)
-    images = _images_at(records_dir, split, config, mistakes)
+    mistakes, images = evaluation.mistakes, evaluation.mistake_images
     titles = []
     for i in mistakes:
         predicted = int(evaluation.probabilities[i].argmax())
@@ -180,19 +181,7 @@ def write_report(
                       f" -> {evaluation.class_names[predicted]} {evaluation.probabilities[i, predicted]:.2f}")
     suptitle = f"The {len(mistakes)} most confident mistakes ({split})"
     if not len(mistakes):  # a blank tile says so
-        images, titles, suptitle = np.ones((1, *config.image_size, 3), np.float32), [""], f"No mistakes ({split})"
+        images, titles, suptitle = np.ones((1, 32, 32, 3), np.float32), [""], f"No mistakes ({split})"
     plots.plot_image_grid(images, titles, files["mistakes.png"], rows=-(-len(titles) // 4), cols=4, suptitle=suptitle)
     return files
 
-
-def _images_at(records_dir: str, split: str, config: dataset.InputConfig, indices: np.ndarray) -> np.ndarray:
-    """The evaluation images at `indices` of a split: float32 [len(indices), H, W, 3]."""
-    wanted = {int(i): n for n, i in enumerate(indices)}
-    found = np.zeros((len(indices), *config.image_size, 3), np.float32)
-    start = 0
-    for images, _ in dataset.eval_dataset(records_dir, split, dataclasses.replace(config, cache=False)):
-        for j in range(images.shape[0]):
-            if start + j in wanted:
-                found[wanted[start + j]] = images[j].numpy()
-        start += images.shape[0]
-    return found

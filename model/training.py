@@ -313,7 +313,7 @@ def _save_results(
     test = None
     if "test" in manifest.splits:
         report = evaluation.evaluate_split(model, config.records, "test", eval_config, manifest.class_names)
-        evaluation.write_report(report, config.path("eval_test"), config.records, "test", eval_config)
+        evaluation.write_report(report, config.path("eval_test"), "test")
         test = {"accuracy": report.accuracy, "loss": report.loss}
         logging.info("test: %s", test)
     run = inference.TrainedRun(config.model_dir, manifest.class_names, (config.image_size,) * 2, config.records)

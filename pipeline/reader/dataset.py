@@ -336,7 +336,7 @@ def split_filenames(records_dir: str, split: str) -> list[str]:
     ds, _ = shards.read_records(records_dir, split)
     ds = ds.map(_plain(lambda record: schema.parse_example(record)[schema.FILENAME_KEY]),
                 num_parallel_calls=tf.data.AUTOTUNE)
-    return [name.decode() for name in ds.batch(1024).unbatch().as_numpy_iterator()]
+    return [name.decode() for batch in ds.batch(1024).as_numpy_iterator() for name in batch]
 
 
 def files_dataset(paths: list[str], image_size: tuple[int, int], batch_size: int) -> tf.data.Dataset:
