@@ -11,6 +11,11 @@ For a large folder (copies of the given photos, as many as asked):
   pages shared since the fork count once), sampled;
 - the same conversion on a fraction of the files, to show whether the peak
   grows with the number of files;
+- the large conversion again with `--duplicates=off`: the time the duplicate
+  search (hashing in the decoders, the banded index in the writer) adds. The
+  folder is copies of the photos, so each has many byte-identical copies: a
+  worst case for the pair list (every copy is a pair), an easy one for the
+  near search (only the distinct photos enter the hash bands);
 - streaming the records for training with the cache off: resident memory
   after each epoch.
 """
@@ -129,15 +134,17 @@ def _tree_memory_mib(process: psutil.Process) -> float:
 PSS_INTERVAL_S = 0.5
 
 
-def run_converter(src: str, out: str, workers: int, interval: float = PSS_INTERVAL_S) -> ConversionRun:
-    """`convert.py --src src --out out`, its memory sampled every `interval` seconds.
+def run_converter(
+    src: str, out: str, workers: int, interval: float = PSS_INTERVAL_S, extra_flags: tuple[str, ...] = ()
+) -> ConversionRun:
+    """`convert.py --src src --out out` (and `extra_flags`), its memory sampled every `interval` seconds.
 
     Raises:
       RuntimeError: the conversion failed (its stderr's last line).
     """
     command = [
         sys.executable, os.path.join(REPO, "convert.py"), f"--src={src}", f"--out={out}",
-        f"--workers={workers}", "--overwrite",
+        f"--workers={workers}", "--overwrite", *extra_flags,
     ]
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     process, timeline, started = psutil.Process(child.pid), [], time.perf_counter()
@@ -175,10 +182,22 @@ class ConversionBenchmark:
     full: ConversionRun
     fraction: ConversionRun  # the same photos, fewer of them
     streaming_rss_mib: tuple[float, ...]
+    without_duplicates: ConversionRun | None = None  # the large folder with --duplicates=off
 
     @property
     def conversion_vs_decode(self) -> float:
         return self.full.images_per_second / self.decode_rate
+
+    @property
+    def duplicate_search_seconds(self) -> float | None:
+        """What the duplicate search added to the large conversion, in seconds."""
+        return self.full.seconds - self.without_duplicates.seconds if self.without_duplicates else None
+
+    @property
+    def duplicate_search_share(self) -> float | None:
+        """That time as a fraction of the conversion with the search."""
+        added = self.duplicate_search_seconds
+        return added / self.full.seconds if added is not None else None
 
 
 def log_to_stderr(message: str) -> None:
@@ -208,9 +227,13 @@ def run(
     log("converting the large folder")
     records = os.path.join(work_dir, "records")
     full_run = run_converter(large, records, workers)
+    log("converting the large folder again, --duplicates=off")
+    without = run_converter(
+        large, os.path.join(work_dir, "records_no_duplicates"), workers, extra_flags=("--duplicates=off",)
+    )
     log(f"streaming {epochs} epochs, cache off")
     streaming = streaming_memory(records, epochs)
-    return ConversionBenchmark(images, workers, decode_rate, full_run, fraction_run, tuple(streaming))
+    return ConversionBenchmark(images, workers, decode_rate, full_run, fraction_run, tuple(streaming), without)
 
 
 def format_report(result: ConversionBenchmark) -> str:
@@ -224,6 +247,12 @@ def format_report(result: ConversionBenchmark) -> str:
         f"{small.peak_mib:,.0f} MiB for {small.images:,}",
         "streaming, cache off, MiB after each epoch: " + ", ".join(f"{m:,.0f}" for m in result.streaming_rss_mib),
     ]
+    if result.without_duplicates is not None:
+        rows.append(
+            f"duplicate search: {result.duplicate_search_seconds:+.1f} s, {result.duplicate_search_share:+.1%} "
+            f"of the conversion with it ({result.without_duplicates.seconds:.1f} s with --duplicates=off; "
+            "the folder is copies: every photo has byte-identical copies)"
+        )
     return "\n".join(rows)
 
 
@@ -247,6 +276,9 @@ def to_json(result: ConversionBenchmark) -> dict:
         "conversion": run_json(result.full),
         "conversion_smaller": run_json(result.fraction),
         "streaming_rss_mib_per_epoch": list(result.streaming_rss_mib),
+        "conversion_duplicates_off": run_json(result.without_duplicates) if result.without_duplicates else None,
+        "duplicate_search_seconds": result.duplicate_search_seconds,
+        "duplicate_search_share": result.duplicate_search_share,
     }
 
 

@@ -222,3 +222,67 @@ def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: 
     if title:
         ax.set_title(title)
     return _save(fig, path)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImagePair:
+    """Two images shown side by side under one caption (`plot_data_report`'s duplicates)."""
+
+    left: np.ndarray  # uint8 [H, W, 3]
+    right: np.ndarray  # uint8 [H, W, 3], the same height
+    caption: str
+
+
+def plot_data_report(
+    class_counts: Mapping[str, Mapping[str, int]],
+    sizes: Sequence[tuple[int, int]] | None,
+    pairs: Sequence[ImagePair],
+    path: str,
+    title: str = "",
+) -> str:
+    """Class counts per split (bars), image sizes (a scatter), and image pairs, as one PNG.
+
+    Args:
+      class_counts: split -> class -> images.
+      sizes: (height, width) of every image, or None when not measured.
+      pairs: up to 8 are drawn, four to a row.
+      path: the PNG to write.
+    """
+    pairs = list(pairs)[:8]
+    pair_rows = (len(pairs) + 3) // 4
+    fig = _figure(figsize=(14, 4.2 + 2.6 * pair_rows))
+    grid = fig.add_gridspec(1 + pair_rows, 4, height_ratios=[4.2] + [2.6] * pair_rows, hspace=0.45, wspace=0.25,
+                            left=0.05, right=0.98, top=0.93 if title else 0.97, bottom=0.02)
+    bars = fig.add_subplot(grid[0, :2])
+    classes = list(dict.fromkeys(c for counts in class_counts.values() for c in counts))
+    width = 0.8 / max(1, len(class_counts))
+    for i, (split, counts) in enumerate(class_counts.items()):
+        positions = np.arange(len(classes)) + i * width
+        values = [counts.get(c, 0) for c in classes]
+        bars.bar(positions, values, width, label=split)
+        for x, value in zip(positions, values):
+            bars.text(x, value, f"{value:,}", ha="center", va="bottom", fontsize=8)
+    bars.set_xticks(np.arange(len(classes)) + width * (len(class_counts) - 1) / 2, classes)
+    bars.set_ylabel("images")
+    bars.set_title("Images per class and split", fontsize=10)
+    bars.legend(fontsize=8)
+    scatter = fig.add_subplot(grid[0, 2:])
+    if sizes:
+        heights, widths = np.array(sizes).T
+        scatter.scatter(widths, heights, s=6, alpha=0.4)
+        scatter.set_xlabel("width (pixels)")
+        scatter.set_ylabel("height (pixels)")
+        scatter.grid(alpha=0.3)
+    else:
+        scatter.text(0.5, 0.5, "not measured (--duplicates=off)", ha="center", va="center")
+        scatter.set_axis_off()
+    scatter.set_title(f"Source image sizes, original ({len(sizes or ()):,} files decoded)", fontsize=10)
+    for i, pair in enumerate(pairs):
+        ax = fig.add_subplot(grid[1 + i // 4, i % 4])
+        gap = np.full((pair.left.shape[0], max(2, pair.left.shape[1] // 20), 3), 255, np.uint8)
+        ax.imshow(np.concatenate([pair.left, gap, pair.right], axis=1))
+        ax.set_axis_off()
+        ax.set_title(pair.caption, fontsize=7.5)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return _save(fig, path, tight=False)

@@ -121,6 +121,18 @@ class SkippedFile:
 
 
 @dataclasses.dataclass(frozen=True)
+class DuplicatePair:
+    """A source image that duplicates an earlier one (`converter.duplicates`); the manifest lists them."""
+
+    path: str
+    split: str
+    original_path: str  # the earlier image: the one `--duplicates=drop` keeps
+    original_split: str
+    distance: int  # bits of perceptual hash that differ; 0 when identical
+    identical: bool  # byte for byte
+
+
+@dataclasses.dataclass(frozen=True)
 class Manifest:
     """What a records folder holds; written last, so its presence means done.
 
@@ -133,6 +145,7 @@ class Manifest:
       source: the folder the records were converted from.
       skipped: the files that could not be used.
       schema_version: SCHEMA_VERSION of the writer.
+      duplicates: the duplicate images found (none in a manifest from before them).
     """
 
     dataset_name: str
@@ -142,6 +155,7 @@ class Manifest:
     source: str
     skipped: tuple[SkippedFile, ...] = ()
     schema_version: int = SCHEMA_VERSION
+    duplicates: tuple[DuplicatePair, ...] = ()
 
     @property
     def num_classes(self) -> int:
@@ -215,6 +229,7 @@ class Manifest:
             source=root.get("source").text(),
             skipped=tuple(_skipped_from_json(skip) for skip in root.get("skipped", []).elements()),
             schema_version=version,
+            duplicates=tuple(_pair_from_json(pair) for pair in root.get("duplicates", []).elements()),
         )
 
 
@@ -291,35 +306,20 @@ def _skipped_from_json(skip: _Field) -> SkippedFile:
     return SkippedFile(skip.get("path").text(), skip.get("split").text(), skip.get("reason").text())
 
 
+def _pair_from_json(pair: _Field) -> DuplicatePair:
+    identical = pair.get("identical").value
+    if not isinstance(identical, bool):
+        pair.get("identical").fail("true or false")
+    text = [pair.get(key).text() for key in ("path", "split", "original_path", "original_split")]
+    return DuplicatePair(*text, pair.get("distance").count(), identical)
+
+
 def _shard_from_json(shard: _Field) -> ShardInfo:
     """One shard's ShardInfo; ValueError unless its file name stays in the folder."""
     filename = shard.get("filename")
     if filename.text() in ("", ".", "..") or any(c in filename.value for c in "/\\\0"):
         filename.fail("a file name in the records folder")
     return ShardInfo(filename.value, shard.get("num_examples").count(), shard.get("num_bytes").count())
-
-
-def tfds_features(manifest: Manifest):
-    """The TFDS `FeaturesDict` of these records, derived from FEATURES.
-
-    The image is a TFDS `Image` (JPEG), the label a `ClassLabel` with the
-    manifest's class names; other features follow their dtype.
-    """
-    import numpy as np
-    import tensorflow_datasets as tfds  # heavy: only the metadata needs it
-
-    shape = (*manifest.stored_size, 3) if manifest.stored_size else (None, None, 3)
-    by_key = {
-        IMAGE_KEY: lambda: tfds.features.Image(shape=shape, encoding_format="jpeg"),
-        LABEL_KEY: lambda: tfds.features.ClassLabel(names=list(manifest.class_names)),
-    }
-    by_dtype = {
-        tf.int64: lambda: tfds.features.Scalar(dtype=np.int64),
-        tf.string: tfds.features.Text,
-    }
-    return tfds.features.FeaturesDict(
-        {key: by_key.get(key, by_dtype[dtype])() for key, dtype in FEATURES.items()}
-    )
 
 
 def write_manifest(records_dir: str, manifest: Manifest) -> str:
@@ -373,24 +373,3 @@ def check_shard_files(records_dir: str, manifest: Manifest) -> None:
             f"{records_dir} does not hold the shards its manifest lists: {'; '.join(problems)}: "
             "convert the images again, or restore the files"
         )
-
-
-def write_tfds_metadata(records_dir: str, manifest: Manifest) -> None:
-    """Writes the TFDS metadata of the manifest, for tfds.builder_from_directory."""
-    import tensorflow_datasets as tfds  # heavy; only the converter needs it
-
-    split_infos = [
-        tfds.core.SplitInfo(
-            name=name,
-            shard_lengths=[shard.num_examples for shard in split.shards],
-            num_bytes=split.num_bytes,
-        )
-        for name, split in manifest.splits.items()
-    ]
-    tfds.folder_dataset.write_metadata(
-        data_dir=records_dir,
-        features=tfds_features(manifest),
-        split_infos=split_infos,
-        check_data=False,
-        description=f"Images converted from {manifest.source} by convert.py.",
-    )

@@ -13,7 +13,8 @@ Each shard is written by one worker with the local path's own `shards.write_shar
 from its records sorted by planned position, so both runners write the same
 bytes, and a rerun with the same seed rewrites them byte for byte. The
 workers' results (counts, sizes, skipped files) come back to the launcher
-in the shards' sidecars (`pipeline.converter.resume`), as the local path keeps them;
+in the shards' sidecars (`pipeline.converter.resume`), as the local path keeps them,
+with the images' fingerprints, which the launcher searches for duplicates in plan order;
 the manifest, TFDS metadata, verification and swap stay the local
 path's (`conversion.convert_folder`), and the
 encoding and writing of a shard are `shards`, which the local runner uses too.
@@ -33,6 +34,7 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 
 from pipeline import schema
+from pipeline.converter import duplicates
 from pipeline.converter import imaging
 from pipeline.converter import resume
 from pipeline.converter import rules
@@ -96,9 +98,10 @@ def _encode(
     element: tuple[tuple[str, str], tuple[int, sources.SourceImage]],
     stored_size: tuple[int, int] | None,
     max_pixels: int,
+    fingerprint: bool,
 ) -> tuple[tuple[str, str], tuple[int, sources.SourceImage, shards.Encoded]]:
     shard, (position, image) = element
-    return shard, (position, image, shards.encode_record(image, stored_size, max_pixels))
+    return shard, (position, image, shards.encode_record(image, stored_size, max_pixels, fingerprint))
 
 
 def _write_shard(
@@ -124,6 +127,7 @@ def build_pipeline(
     class_names: Sequence[str],
     stored_size: tuple[int, int] | None,
     max_pixels: int,
+    fingerprint: bool = False,
 ) -> None:
     """Adds the conversion to `root`: decode and encode per image, write per shard."""
     _ = (
@@ -131,7 +135,7 @@ def build_pipeline(
         | "Plan" >> beam.Create(tasks)
         | "Images" >> beam.FlatMap(_positions)
         | "Spread" >> beam.Reshuffle()  # decoding is the work: over all workers, not per shard
-        | "Encode" >> beam.Map(_encode, stored_size=stored_size, max_pixels=max_pixels)
+        | "Encode" >> beam.Map(_encode, stored_size=stored_size, max_pixels=max_pixels, fingerprint=fingerprint)
         | "ByShard" >> beam.GroupByKey()
         | "Write" >> beam.Map(_write_shard, scratch=scratch, class_names=tuple(class_names))
     )
@@ -146,8 +150,12 @@ def write_splits(
     max_pixels: int = imaging.DEFAULT_MAX_PIXELS,
     workers: int = 1,
     options: Sequence[str] = (),
+    index: duplicates.DuplicateIndex | None = None,
 ) -> tuple[dict[str, schema.SplitInfo], list[schema.SkippedFile]]:
     """Writes every split's shards into `scratch` with a Beam pipeline.
+
+    The workers fingerprint the images (if `index` is given, which must not
+    drop); the launcher then adds them to `index` in plan order.
 
     Returns:
       What the local path returns: split name -> SplitInfo for every plan, and
@@ -160,7 +168,7 @@ def write_splits(
         raise rules.ConversionError("--runner=beam needs Apache Beam: pip install -e '.[beam]'")
     tasks = shard_tasks(plans)
     with beam.Pipeline(options=pipeline_options_from(options, workers)) as root:
-        build_pipeline(root, tasks, scratch, scan.class_names, stored_size, max_pixels)
+        build_pipeline(root, tasks, scratch, scan.class_names, stored_size, max_pixels, index is not None)
     results = resume.read_results(scratch, [task.filename for task in tasks])
     missing = [task.filename for task in tasks if task.filename not in results]
     if missing:
@@ -168,6 +176,8 @@ def write_splits(
     splits, skipped = {}, list(scan.skipped)
     for plan in plans:
         written = [results[filename] for filename in plan.shard_filenames]
+        for result in written if index is not None else ():
+            index.replay(plan.name, result.fingerprints)
         splits[plan.name], split_skipped = shards.gather_split(plan.name, written, scan.class_names)
         skipped += split_skipped
     return splits, skipped

@@ -18,6 +18,7 @@ from absl import flags  # noqa: E402
 from pipeline import cli  # noqa: E402
 from pipeline import fileio  # noqa: E402
 from pipeline.converter import conversion  # noqa: E402
+from pipeline.converter import duplicates  # noqa: E402
 from pipeline.converter import sample_data  # noqa: E402
 from pipeline.converter import sharding  # noqa: E402
 from pipeline.converter import sources  # noqa: E402
@@ -77,6 +78,12 @@ flags.DEFINE_boolean(
     "Keep the checked shards of an interrupted conversion into --out started with the same "
     "flags and files, and convert the rest. Local runner only.",
     flag_values=FLAGS,
+)
+flags.DEFINE_enum_class(
+    "duplicates", _DEFAULTS.duplicates, duplicates.DuplicateMode,
+    "Byte-identical and near-duplicate images: report them (summary, manifest.json), drop the later "
+    "copies, or skip the search.",
+    case_sensitive=False, flag_values=FLAGS,
 )
 flags.DEFINE_enum_class(
     "runner", _DEFAULTS.runner, conversion.Runner,

@@ -3,7 +3,8 @@
 The output folder holds, once conversion has finished::
 
     records/
-      manifest.json                                    # schema.Manifest: the counts
+      manifest.json                                    # schema.Manifest: the counts, duplicates
+      data_report.png                                  # class counts, image sizes, duplicates
       dataset_info.json, features.json, label.labels.txt  # TFDS metadata, from it
       cat_dog_small-train.tfrecord-00000-of-00004      # shards, per split
       ...
@@ -36,7 +37,9 @@ from typing import Any
 from pipeline import fileio
 from pipeline import schema
 from pipeline import verify
+from pipeline.converter import data_report
 from pipeline.converter import decoders
+from pipeline.converter import duplicates as duplicates_lib
 from pipeline.converter import imaging
 from pipeline.converter import local
 from pipeline.converter import out_dir
@@ -78,14 +81,16 @@ class ConversionConfig:
       max_pixels: skip images of more pixels (checked before decoding).
       resume: keep the checked shards of an interrupted run with the same
         plan (`resume`); the local runner only.
+      duplicates: report the duplicate images found (`duplicates`), drop the
+        later copies (the local runner only), or not look for them.
       runner: this machine's decoding pool, or Apache Beam (`beam`).
       beam_pipeline_options: Beam options as `key=value` strings.
       show_progress: draw a progress bar on stderr (not a flag: convert.py
         draws it when stderr is a terminal).
 
     Raises (on construction):
-      ConversionError: a value out of range, an unknown runner, or `resume`
-        with the Beam runner.
+      ConversionError: a value out of range, an unknown runner or duplicate
+        mode, or `resume` or `duplicates=drop` with the Beam runner.
     """
 
     src: str
@@ -103,6 +108,7 @@ class ConversionConfig:
     max_file_mb: int = sources.DEFAULT_MAX_FILE_MB
     max_pixels: int = imaging.DEFAULT_MAX_PIXELS
     resume: bool = False
+    duplicates: duplicates_lib.DuplicateMode = duplicates_lib.DuplicateMode.REPORT
     runner: Runner = Runner.LOCAL
     beam_pipeline_options: tuple[str, ...] = ()
     show_progress: bool = False
@@ -110,7 +116,7 @@ class ConversionConfig:
     # The fields that decide the records' bytes: what --resume compares.
     OUTPUT_FIELDS = (
         "src", "classes", "seed", "num_shards", "shard_mb", "image_size", "validation_fraction",
-        "follow_external_links", "max_file_mb", "max_pixels",
+        "follow_external_links", "max_file_mb", "max_pixels", "duplicates",
     )
 
     def __post_init__(self):
@@ -120,12 +126,13 @@ class ConversionConfig:
             value = getattr(self, name)
             if value is not None and not isinstance(value, tuple):
                 object.__setattr__(self, name, tuple(value))  # lists from flags or callers
-        try:
-            object.__setattr__(self, "runner", Runner(self.runner))
-        except ValueError:
-            raise ConversionError(
-                f"--runner must be {' or '.join(r.value for r in Runner)}, got {self.runner!r}"
-            ) from None
+        for name, kind in (("runner", Runner), ("duplicates", duplicates_lib.DuplicateMode)):
+            try:
+                object.__setattr__(self, name, kind(getattr(self, name)))
+            except ValueError:
+                raise ConversionError(
+                    f"--{name} must be {' or '.join(k.value for k in kind)}, got {getattr(self, name)!r}"
+                ) from None
         rules.check_positive(
             num_shards=self.num_shards,
             image_size=min(self.image_size) if self.image_size else None,
@@ -139,6 +146,11 @@ class ConversionConfig:
             raise ConversionError(f"--validation_fraction must be in [0, 1), got {self.validation_fraction}")
         if self.resume and self.runner is Runner.BEAM:
             raise ConversionError("--resume is not supported with --runner=beam (only with the local runner)")
+        if self.duplicates is duplicates_lib.DuplicateMode.DROP and self.runner is Runner.BEAM:
+            raise ConversionError(
+                "--duplicates=drop is not supported with --runner=beam (only with the local runner): "
+                "--duplicates=report lists them"
+            )
 
     @property
     def shard_bytes(self) -> int:
@@ -162,6 +174,7 @@ class ConversionSummary:
     manifest: schema.Manifest
     seconds: float  # in all, verification included
     verify_seconds: float = 0.0
+    duplicate_mode: duplicates_lib.DuplicateMode = duplicates_lib.DuplicateMode.REPORT
 
     @property
     def skipped(self) -> tuple[schema.SkippedFile, ...]:
@@ -186,6 +199,8 @@ class ConversionSummary:
             )
         lines.append(f"  skipped    {len(self.skipped):>7} files")
         lines += [f"    {skip.path}: {skip.reason}" for skip in self.skipped]
+        if self.duplicate_mode is not duplicates_lib.DuplicateMode.OFF:
+            lines += duplicates_lib.summary_lines(self.manifest.duplicates, self.duplicate_mode)
         rate = self.num_images / self.seconds if self.seconds > 0 else float("inf")
         lines.append(
             f"  {_megabytes(self.num_bytes)} written in {self.seconds:.1f} s ({rate:.0f} images/s), "
@@ -229,7 +244,7 @@ def _open_scratch(config: ConversionConfig, scan: _Scan) -> tuple[str, dict]:
         out_dir.remove_stale_scratch(config.out)
         return out_dir.make_scratch(config.out), {}
     plan = resume_lib.make_plan(
-        scan.plans, scan.files.class_names, config.image_size, config.max_pixels,
+        scan.plans, scan.files.class_names, config.image_size, config.max_pixels, config.duplicates.value,
         config.output_settings(scan.files.class_names),
     )
     return resume_lib.open_scratch(
@@ -243,21 +258,22 @@ def _write_shards(
     scratch: str,
     kept: dict,
     pool: multiprocessing.pool.Pool | None,
+    index: duplicates_lib.DuplicateIndex | None,
 ) -> tuple[dict[str, schema.SplitInfo], list[schema.SkippedFile]]:
-    """Every shard not kept, written into `scratch` by the configured runner."""
+    """Every shard not kept, written into `scratch` by the configured runner; duplicates into `index`."""
     if config.runner is Runner.BEAM:
         from pipeline.converter import beam  # heavy, optional: only when asked for
 
         written, skipped = beam.write_splits(
             scan.plans, scan.files, scratch, stored_size=config.image_size, max_pixels=config.max_pixels,
-            workers=config.num_workers, options=config.beam_pipeline_options,
+            workers=config.num_workers, options=config.beam_pipeline_options, index=index,
         )
         if config.strict:
             rules.check_strict(skipped)
         return written, skipped
-    encode = local.encoder(pool, config.num_workers, config.image_size, config.max_pixels)
+    encode = local.encoder(pool, config.num_workers, config.image_size, config.max_pixels, index is not None)
     return local.write_splits(
-        scan.plans, scan.files, scratch, encode, config.strict, config.show_progress, kept
+        scan.plans, scan.files, scratch, encode, config.strict, config.show_progress, kept, index
     )
 
 
@@ -267,8 +283,9 @@ def _finish(
     scratch: str,
     written: dict[str, schema.SplitInfo],
     skipped: Sequence[schema.SkippedFile],
+    index: duplicates_lib.DuplicateIndex | None,
 ) -> tuple[schema.Manifest, verify.VerifyReport]:
-    """Writes the manifest and TFDS metadata, verifies the new set, and swaps it into `out`."""
+    """Writes the manifest, TFDS metadata and data report, verifies the new set, and swaps it into `out`."""
     manifest = schema.Manifest(
         dataset_name=scan.dataset_name,
         class_names=scan.files.class_names,
@@ -276,8 +293,10 @@ def _finish(
         stored_size=config.image_size,
         source=fileio.absolute(config.src),
         skipped=tuple(skipped),
+        duplicates=tuple(index.pairs) if index else (),
     )
     out_dir.write_tfds_metadata(scratch, manifest)
+    data_report.write(scratch, manifest, index.sizes if index else None)
     schema.write_manifest(scratch, manifest)
     # Checked as a reader will read it before it replaces anything.
     report = verify.verify_records(scratch)
@@ -320,8 +339,11 @@ def convert_folder(config: ConversionConfig) -> ConversionSummary:
         lock.enter_context(fileio.held(config.out, "convert.py", _OUT_HELD))
         scan = _scan_and_plan(config)
         scratch, kept = _open_scratch(config, scan)
-        written, skipped = _write_shards(config, scan, scratch, kept, pool)
-        manifest, report = _finish(config, scan, scratch, written, skipped)
+        index = None
+        if config.duplicates is not duplicates_lib.DuplicateMode.OFF:
+            index = duplicates_lib.DuplicateIndex(drop=config.duplicates is duplicates_lib.DuplicateMode.DROP)
+        written, skipped = _write_shards(config, scan, scratch, kept, pool, index)
+        manifest, report = _finish(config, scan, scratch, written, skipped, index)
     except Exception as e:
         if not fileio.is_disk_full(e):
             raise
@@ -339,5 +361,6 @@ def convert_folder(config: ConversionConfig) -> ConversionSummary:
         if created_out:  # a failed run leaves no empty folder
             fileio.remove_empty_folder(config.out)
     return ConversionSummary(
-        out=config.out, manifest=manifest, seconds=time.perf_counter() - started, verify_seconds=report.seconds
+        out=config.out, manifest=manifest, seconds=time.perf_counter() - started, verify_seconds=report.seconds,
+        duplicate_mode=config.duplicates,
     )

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from PIL import Image, UnidentifiedImageError
 
 from pipeline import fileio
+from pipeline.converter import duplicates
 
 DEFAULT_JPEG_QUALITY = 95
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -30,11 +31,12 @@ class ImageDecodeError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class StoredImage:
-    """An image as the converter stores it: RGB JPEG bytes and their size."""
+    """An image as the converter stores it: RGB JPEG bytes and their size; the source's fingerprint."""
 
     encoded: bytes
     height: int
     width: int
+    fingerprint: duplicates.Fingerprint | None = None  # None unless asked for
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -93,6 +95,7 @@ def load_for_storage(
     stored_size: tuple[int, int] | None = None,
     jpeg_quality: int = DEFAULT_JPEG_QUALITY,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    fingerprint: bool = False,
 ) -> StoredImage:
     """Fully decodes one image file and returns what the records store.
 
@@ -107,6 +110,8 @@ def load_for_storage(
       jpeg_quality: quality of the JPEGs this function encodes.
       max_pixels: images of more pixels (width x height, read from the
         header) are refused without being decoded.
+      fingerprint: also take the source's `duplicates.Fingerprint`, from
+        its bytes and the pixels decoded here (before any conversion).
 
     Raises:
       ImageDecodeError: the file is empty, truncated, not an image, not a
@@ -117,22 +122,24 @@ def load_for_storage(
     if not data:
         raise ImageDecodeError("empty file")
     with _pixel_limit(max_pixels):
-        return _decode(data, stored_size, jpeg_quality, max_pixels)
+        return _decode(data, stored_size, jpeg_quality, max_pixels, fingerprint)
 
 
 def _decode(
-    data: bytes, stored_size: tuple[int, int] | None, jpeg_quality: int, max_pixels: int
+    data: bytes, stored_size: tuple[int, int] | None, jpeg_quality: int, max_pixels: int, fingerprint: bool
 ) -> StoredImage:
     """`load_for_storage` of a file's bytes."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             _check_pixels(image, max_pixels)
             image.load()  # the full decode: raises on truncated data
+            print_ = duplicates.fingerprint(data, image) if fingerprint else None
             if image.format == "JPEG" and image.mode == "RGB" and stored_size is None:
                 return StoredImage(
                     encoded=data,
                     height=image.height,
                     width=image.width,
+                    fingerprint=print_,
                 )
             rgb = _to_rgb(image)
             if stored_size is not None:
@@ -144,6 +151,7 @@ def _decode(
                 encoded=out.getvalue(),
                 height=rgb.height,
                 width=rgb.width,
+                fingerprint=print_,
             )
     except ImageDecodeError:
         raise

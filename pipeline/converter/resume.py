@@ -9,7 +9,8 @@ hidden folder `.resume/` (which the swap leaves behind):
                      (path, label, size, modification time); and the settings,
                      to say which one differs
     <shard>.json     one per finished shard, written once the shard file is
-                     closed: its count, bytes, class counts and skipped files
+                     closed: its count, bytes, class counts, skipped files and
+                     its images' fingerprints (the duplicate search replays them)
 
 A run with --resume takes the scratch folder of a dead run (`out_dir`'s rule:
 this host, a PID that has ended) whose fingerprint is its own, checks every
@@ -55,6 +56,7 @@ def make_plan(
     class_names: Sequence[str],
     stored_size: tuple[int, int] | None,
     max_pixels: int,
+    duplicates: str,
     settings: dict[str, Any],
 ) -> Plan:
     """The fingerprint of everything that decides the shards' bytes.
@@ -63,6 +65,8 @@ def make_plan(
       plans: the splits' shard plans (image order, shard names, dataset name).
       class_names: the label order.
       stored_size, max_pixels: as convert_folder takes them.
+      duplicates: the `--duplicates` mode (drop decides which records are
+        written; report and off, what the sidecars hold).
       settings: flag name -> value, kept to name what differs.
     """
     digest = hashlib.sha256()
@@ -70,6 +74,7 @@ def make_plan(
         "converter": f"schema {schema.SCHEMA_VERSION}, Pillow {PIL.__version__}",
         "stored_size": stored_size,
         "max_pixels": max_pixels,
+        "duplicates": duplicates,
         "class_names": list(class_names),
     }
     digest.update(json.dumps(fileio.normalize_json(head), sort_keys=True).encode())

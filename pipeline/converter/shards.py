@@ -3,8 +3,10 @@
 Both runners write through here, the local pool (`local`) and Apache Beam
 (`beam`), so their shards are the same bytes:
 
-    SourceImage --encode_record (a worker)--> serialized Example, or the reason it is skipped
+    SourceImage --encode_record (a worker)--> serialized Example, or the reason it is skipped;
+                                              the source's fingerprint (`duplicates`)
     [Encoded, ...] in planned order --write_shard--> shard file + ShardResult
+                   (with `--duplicates=drop`, a copy of an earlier image is skipped)
     [ShardResult, ...] of a split --gather_split--> schema.SplitInfo + skipped files
 """
 
@@ -19,11 +21,13 @@ import tensorflow as tf
 
 from pipeline import fileio
 from pipeline import schema
+from pipeline.converter import duplicates
 from pipeline.converter import imaging
 from pipeline.converter import sources
 
-# A worker's answer for one image: (serialized record, None) or (None, reason).
-Encoded = tuple[bytes | None, str | None]
+# A worker's answer for one image: (serialized record, None, fingerprint or
+# None when not asked for) or (None, reason, None).
+Encoded = tuple[bytes | None, str | None, duplicates.Fingerprint | None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +38,8 @@ class ShardResult:
     info: schema.ShardInfo
     class_counts: dict[str, int]
     skipped: tuple[schema.SkippedFile, ...]
+    # (source path, fingerprint) of every image decoded, dropped copies too, in order
+    fingerprints: tuple[tuple[str, duplicates.Fingerprint], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -45,6 +51,7 @@ class ShardResult:
             schema.ShardInfo(**data["info"]),
             dict(data["class_counts"]),
             tuple(schema.SkippedFile(**skip) for skip in data["skipped"]),
+            tuple((str(path), duplicates.fingerprint_from_json(print_)) for path, print_ in data["fingerprints"]),
         )
 
 
@@ -52,21 +59,23 @@ def encode_record(
     image: sources.SourceImage,
     stored_size: tuple[int, int] | None,
     max_pixels: int = imaging.DEFAULT_MAX_PIXELS,
+    fingerprint: bool = False,
 ) -> Encoded:
-    """Worker task: the serialized record of one source image, or why it is skipped."""
+    """Worker task: the serialized record of one source image, or why it is skipped; with
+    `fingerprint`, the source's `duplicates.Fingerprint` too."""
     try:
-        stored = imaging.load_for_storage(image.path, stored_size, max_pixels=max_pixels)
+        stored = imaging.load_for_storage(image.path, stored_size, max_pixels=max_pixels, fingerprint=fingerprint)
     except imaging.ImageDecodeError as e:
-        return None, str(e)
+        return None, str(e), None
     except OSError as e:  # unreadable file: permissions, vanished, ...
-        return None, f"cannot read: {e.strerror or e}"
+        return None, f"cannot read: {e.strerror or e}", None
     return schema.serialize_example({
         schema.IMAGE_KEY: stored.encoded,
         schema.LABEL_KEY: image.label,
         schema.HEIGHT_KEY: stored.height,
         schema.WIDTH_KEY: stored.width,
         schema.FILENAME_KEY: image.relpath,
-    }), None
+    }), None, stored.fingerprint
 
 
 def write_shard(
@@ -77,6 +86,7 @@ def write_shard(
     folder: str,
     class_names: Sequence[str],
     on_image: Callable[[], None] = lambda: None,
+    index: duplicates.DuplicateIndex | None = None,
 ) -> ShardResult:
     """Writes one shard file, `folder`/`filename`, from `encode_record` of each of `images`.
 
@@ -84,14 +94,22 @@ def write_shard(
       encoded: yields `encode_record` of each of `images`, in their order.
       folder: a local path or a URL.
       on_image: called after each image (progress).
+      index: the duplicate search, given every earlier shard in plan order:
+        each image is added to it; one it drops (`index.drop`) is skipped.
+        None: the search is left to the caller (Beam's launcher).
     """
     path = os.path.join(folder, filename)
     class_counts = dict.fromkeys(class_names, 0)
-    skipped, count = [], 0
+    skipped, prints, count = [], [], 0
     with tf.io.TFRecordWriter(path) as writer:
         for image in images:
-            record, reason = next(encoded)
+            record, reason, print_ = next(encoded)
             on_image()
+            if print_ is not None:
+                prints.append((image.path, print_))
+                pair = index.add(image.path, split, print_) if index is not None else None
+                if pair is not None and index.drop:
+                    record, reason = None, duplicates.reason(pair)
             if record is None:
                 skipped.append(schema.SkippedFile(image.path, split, reason))
                 continue
@@ -99,7 +117,7 @@ def write_shard(
             class_counts[image.class_name] += 1
             count += 1
     info = schema.ShardInfo(filename, count, fileio.size(path))
-    return ShardResult(split, info, class_counts, tuple(skipped))
+    return ShardResult(split, info, class_counts, tuple(skipped), tuple(prints))
 
 
 def gather_split(
