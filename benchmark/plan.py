@@ -366,7 +366,7 @@ def run_benchmark(
         raise BenchmarkError(f"{split_dir} is not a folder: --src needs a {config.split}/ folder")
     _, idg_module = loaders.image_data_generator_class()
     machine, date = machine_info(), datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    with tempfile.TemporaryDirectory(prefix="bench-records-") as scratch:
+    with timing.frozen_heap(), tempfile.TemporaryDirectory(prefix="bench-records-") as scratch:
         original, resized, data = _prepare_records(config, scratch, log)
         run = _Run(config, data, original, resized, log)
         run.throughput_rows()

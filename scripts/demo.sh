@@ -4,6 +4,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
+# Each module's bytecode is written into .venv at its first import and read by every later
+# process; where PYTHONDONTWRITEBYTECODE is set, every process would compile TensorFlow again.
+unset PYTHONDONTWRITEBYTECODE
 .venv/bin/python make_sample.py --out sample_data/cats_vs_dogs
 .venv/bin/python convert.py --src sample_data/cats_vs_dogs --out records --overwrite
 rm -rf runs/demo  # a fresh run each time (the same --model_dir would resume)

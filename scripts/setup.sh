@@ -6,11 +6,11 @@ PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-# uv installs the same packages as pip in two thirds of the time (BUILD.md, Dependencies);
-# pip stays the fallback. Bytecode is compiled at install, as pip does: where
-# PYTHONDONTWRITEBYTECODE is set, every process would compile TensorFlow again.
+# uv installs the same packages as pip in a tenth of the time (BUILD.md, Dependencies); pip
+# stays the fallback. No bytecode is compiled here: the callers let Python write it as it
+# imports (scripts/test.sh), which costs a third of compiling all of site-packages.
 if .venv/bin/python -m pip install --quiet uv; then
-  .venv/bin/python -m uv pip install --quiet --compile-bytecode --python .venv/bin/python -e '.[test,beam]'
+  .venv/bin/python -m uv pip install --quiet --python .venv/bin/python -e '.[test,beam]'
 else
   .venv/bin/python -m pip install --quiet -e '.[test,beam]'
 fi

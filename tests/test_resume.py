@@ -29,7 +29,7 @@ from model import run_dir
 from model import training
 from model.commands import TRAIN
 
-COMMON = ["--batch_size=6", "--image_size=32", "--verbose=2"]
+COMMON = ["--batch_size=6", "--image_size=32", "--verbose=2", "--noexport"]
 TRAIN_IMAGES = 40  # 7 batches of 6
 
 
@@ -120,7 +120,7 @@ class StopAtCheck(threading.Event):
 
 @pytest.mark.parametrize("cache", [True, False], ids=["cached", "streamed"])
 def test_a_stop_mid_epoch_backs_up_that_batch_and_resumes_to_the_uninterrupted_run(records, tmp_path, cache):
-    settings = dict(records=str(records), batch_size=6, image_size=32, epochs=2, verbose=0, cache=cache,
+    settings = dict(records=str(records), batch_size=6, image_size=32, epochs=2, verbose=0, cache=cache, export=False,
                     backup_every_steps=4)
     training.train_and_evaluate(run_config.TrainConfig(model_dir=str(tmp_path / "whole"), **settings))
     stopped = run_config.TrainConfig(model_dir=str(tmp_path / "stopped"), **settings)
