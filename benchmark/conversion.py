@@ -11,8 +11,9 @@ For a large folder (copies of the given photos, as many as asked):
   pages shared since the fork count once), sampled;
 - the same conversion on a fraction of the files, to show whether the peak
   grows with the number of files;
-- the large conversion again with `--duplicates=off`: the time the duplicate
-  search (hashing in the decoders, the banded index in the writer) adds. The
+- the large conversion again, in turns with `--duplicates=off` and without:
+  the time and CPU the duplicate search (hashing in the decoders, the banded
+  index in the writer) adds, from the fastest runs of each. The
   folder is copies of the photos, so each has many byte-identical copies: a
   worst case for the pair list (every copy is a pair), an easy one for the
   near search (only the distinct photos enter the hash bands);
@@ -28,6 +29,7 @@ import itertools
 import multiprocessing
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -56,6 +58,7 @@ class ConversionRun:
     verify_seconds: float
     peak_mib: float  # proportional set size of the launcher and its decoders
     memory_timeline: tuple[tuple[float, float], ...]  # (seconds since start, MiB)
+    cpu_seconds: float = 0.0  # user + system of its process tree (the decoders are reaped by it)
 
     @property
     def images_per_second(self) -> float:
@@ -146,6 +149,7 @@ def run_converter(
         sys.executable, os.path.join(REPO, "convert.py"), f"--src={src}", f"--out={out}",
         f"--workers={workers}", "--overwrite", *extra_flags,
     ]
+    cpu_before = _children_cpu_seconds()
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     process, timeline, started = psutil.Process(child.pid), [], time.perf_counter()
 
@@ -158,6 +162,7 @@ def run_converter(
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     stdout, stderr = child.communicate()
+    cpu_seconds = _children_cpu_seconds() - cpu_before
     sampler.join()
     if child.returncode != 0:
         raise RuntimeError(f"convert.py failed: {(stderr.strip().splitlines() or ['?'])[-1]}")
@@ -165,7 +170,14 @@ def run_converter(
     seconds, verify_seconds = (
         float(x) for x in re.search(r"in ([\d.]+) s \(.*verified.* in ([\d.]+) s", stdout).groups()
     )
-    return ConversionRun(images, seconds, verify_seconds, max(mib for _, mib in timeline), tuple(timeline))
+    return ConversionRun(
+        images, seconds, verify_seconds, max(mib for _, mib in timeline), tuple(timeline), cpu_seconds
+    )
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def streaming_memory(records: str, epochs: int, batch_size: int = 20) -> list[float]:
@@ -182,7 +194,9 @@ class ConversionBenchmark:
     full: ConversionRun
     fraction: ConversionRun  # the same photos, fewer of them
     streaming_rss_mib: tuple[float, ...]
-    without_duplicates: ConversionRun | None = None  # the large folder with --duplicates=off
+    # The large folder again, in turns: --duplicates=off, default, off (the first default run is `full`).
+    search_on: tuple[ConversionRun, ...] = ()
+    search_off: tuple[ConversionRun, ...] = ()
 
     @property
     def conversion_vs_decode(self) -> float:
@@ -190,14 +204,24 @@ class ConversionBenchmark:
 
     @property
     def duplicate_search_seconds(self) -> float | None:
-        """What the duplicate search added to the large conversion, in seconds."""
-        return self.full.seconds - self.without_duplicates.seconds if self.without_duplicates else None
+        """What the duplicate search added to the large conversion: the fastest runs with and without it."""
+        if not self.search_off:
+            return None
+        return min(r.seconds for r in self.search_on) - min(r.seconds for r in self.search_off)
 
     @property
     def duplicate_search_share(self) -> float | None:
-        """That time as a fraction of the conversion with the search."""
+        """That time as a fraction of the fastest conversion with the search."""
         added = self.duplicate_search_seconds
-        return added / self.full.seconds if added is not None else None
+        return None if added is None else added / min(r.seconds for r in self.search_on)
+
+    @property
+    def duplicate_search_cpu_share(self) -> float | None:
+        """The CPU-seconds it added (less noisy than wall time on a shared machine), as that fraction."""
+        if not self.search_off:
+            return None
+        with_it = min(r.cpu_seconds for r in self.search_on)
+        return (with_it - min(r.cpu_seconds for r in self.search_off)) / with_it
 
 
 def log_to_stderr(message: str) -> None:
@@ -227,13 +251,16 @@ def run(
     log("converting the large folder")
     records = os.path.join(work_dir, "records")
     full_run = run_converter(large, records, workers)
-    log("converting the large folder again, --duplicates=off")
-    without = run_converter(
-        large, os.path.join(work_dir, "records_no_duplicates"), workers, extra_flags=("--duplicates=off",)
-    )
+    search_on, search_off = [full_run], []
+    for extra in (("--duplicates=off",), (), ("--duplicates=off",)):
+        log(f"converting the large folder again, {' '.join(extra) or 'duplicates reported'}")
+        run_ = run_converter(large, os.path.join(work_dir, "records_again"), workers, extra_flags=extra)
+        (search_off if extra else search_on).append(run_)
     log(f"streaming {epochs} epochs, cache off")
     streaming = streaming_memory(records, epochs)
-    return ConversionBenchmark(images, workers, decode_rate, full_run, fraction_run, tuple(streaming), without)
+    return ConversionBenchmark(
+        images, workers, decode_rate, full_run, fraction_run, tuple(streaming), tuple(search_on), tuple(search_off)
+    )
 
 
 def format_report(result: ConversionBenchmark) -> str:
@@ -247,10 +274,11 @@ def format_report(result: ConversionBenchmark) -> str:
         f"{small.peak_mib:,.0f} MiB for {small.images:,}",
         "streaming, cache off, MiB after each epoch: " + ", ".join(f"{m:,.0f}" for m in result.streaming_rss_mib),
     ]
-    if result.without_duplicates is not None:
+    if result.search_off:
         rows.append(
             f"duplicate search: {result.duplicate_search_seconds:+.1f} s, {result.duplicate_search_share:+.1%} "
-            f"of the conversion with it ({result.without_duplicates.seconds:.1f} s with --duplicates=off; "
+            f"of the conversion with it, {result.duplicate_search_cpu_share:+.1%} of its CPU-seconds (fastest of "
+            f"{len(result.search_on)} runs with it, {len(result.search_off)} with --duplicates=off, in turns; "
             "the folder is copies: every photo has byte-identical copies)"
         )
     return "\n".join(rows)
@@ -266,6 +294,7 @@ def to_json(result: ConversionBenchmark) -> dict:
             "images_per_second_before_verify": run.images_per_second_before_verify,
             "peak_pss_mib": run.peak_mib,
             "pss_timeline": [list(point) for point in run.memory_timeline],
+            "cpu_seconds": run.cpu_seconds,
         }
 
     return {
@@ -276,9 +305,11 @@ def to_json(result: ConversionBenchmark) -> dict:
         "conversion": run_json(result.full),
         "conversion_smaller": run_json(result.fraction),
         "streaming_rss_mib_per_epoch": list(result.streaming_rss_mib),
-        "conversion_duplicates_off": run_json(result.without_duplicates) if result.without_duplicates else None,
+        "conversions_duplicates_reported": [run_json(run) for run in result.search_on],
+        "conversions_duplicates_off": [run_json(run) for run in result.search_off],
         "duplicate_search_seconds": result.duplicate_search_seconds,
         "duplicate_search_share": result.duplicate_search_share,
+        "duplicate_search_cpu_share": result.duplicate_search_cpu_share,
     }
 
 

@@ -177,7 +177,10 @@ class Manifest:
         ]
 
     def to_json(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
+        # Field by field: dataclasses.asdict deep-copies, slow for thousands of pairs.
+        data = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        data["skipped"] = [vars(skip) for skip in self.skipped]
+        data["duplicates"] = [vars(pair) for pair in self.duplicates]
         data["splits"] = {
             name: {
                 "num_examples": split.num_examples,

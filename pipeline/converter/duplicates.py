@@ -45,8 +45,8 @@ SAMPLE_SIZE = 64
 THUMBNAIL_SIZE = 32
 _DCT_KEPT = 8  # the 8x8 lowest frequencies: 64 bits
 # A flat image's hash bits are rounding noise (every flat colour would match
-# every other): below this spread of grey levels it gets none, only its digest.
-FLAT_STD = 2.0
+# every other): a thumbnail spanning fewer grey levels gets none, only its digest.
+FLAT_RANGE = 8
 
 
 def _dct_rows(n: int, kept: int) -> np.ndarray:
@@ -56,6 +56,7 @@ def _dct_rows(n: int, kept: int) -> np.ndarray:
 
 
 _DCT = _dct_rows(THUMBNAIL_SIZE, _DCT_KEPT)
+_MIDDLE = [HASH_BITS // 2 - 1, HASH_BITS // 2]
 
 
 class DuplicateMode(str, enum.Enum):
@@ -91,11 +92,12 @@ def perceptual_hash(image: Image.Image) -> int | None:
     """
     sample = image.resize((SAMPLE_SIZE, SAMPLE_SIZE), Image.Resampling.NEAREST).convert("L")
     thumbnail = sample.reduce(SAMPLE_SIZE // THUMBNAIL_SIZE)
-    pixels = np.frombuffer(thumbnail.tobytes(), np.uint8).reshape(THUMBNAIL_SIZE, THUMBNAIL_SIZE)
-    if pixels.std() < FLAT_STD:
+    darkest, brightest = thumbnail.getextrema()  # in C: a fifth of numpy's std here
+    if brightest - darkest < FLAT_RANGE:
         return None
+    pixels = np.frombuffer(thumbnail.tobytes(), np.uint8).reshape(THUMBNAIL_SIZE, THUMBNAIL_SIZE)
     low = (_DCT @ pixels.astype(np.float32) @ _DCT.T).ravel()
-    middle = np.sort(low)[HASH_BITS // 2 - 1:HASH_BITS // 2 + 1].mean()  # the median, 4x faster
+    middle = np.partition(low, _MIDDLE)[_MIDDLE].mean()  # the median of the 64
     return int.from_bytes(np.packbits(low > middle).tobytes(), "big")
 
 
@@ -104,13 +106,14 @@ def fingerprint(data: bytes, image: Image.Image) -> Fingerprint:
     return Fingerprint(hashlib.sha256(data).hexdigest(), perceptual_hash(image), image.height, image.width)
 
 
-def fingerprint_to_json(value: Fingerprint) -> dict[str, Any]:
-    return dataclasses.asdict(value)
+def fingerprint_to_json(value: Fingerprint) -> list[Any]:
+    """A row, [digest, phash, height, width]: a shard's sidecar holds one per image."""
+    return [value.digest, value.phash, value.height, value.width]
 
 
-def fingerprint_from_json(data: dict[str, Any]) -> Fingerprint:
-    phash = None if data["phash"] is None else int(data["phash"])
-    return Fingerprint(str(data["digest"]), phash, int(data["height"]), int(data["width"]))
+def fingerprint_from_json(row: list[Any]) -> Fingerprint:
+    digest, phash, height, width = row
+    return Fingerprint(str(digest), None if phash is None else int(phash), int(height), int(width))
 
 
 def _flips(width: int, radius: int) -> np.ndarray:

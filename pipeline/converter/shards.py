@@ -42,7 +42,13 @@ class ShardResult:
     fingerprints: tuple[tuple[str, duplicates.Fingerprint], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {
+            "split": self.split,
+            "info": dataclasses.asdict(self.info),
+            "class_counts": self.class_counts,
+            "skipped": [vars(skip) for skip in self.skipped],
+            "fingerprints": [[path, duplicates.fingerprint_to_json(print_)] for path, print_ in self.fingerprints],
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "ShardResult":
