@@ -44,6 +44,7 @@ from pipeline import plots
 from pipeline.converter import sources
 from pipeline.reader import augment
 from pipeline.reader import dataset
+from benchmark import duplicate_search
 from benchmark import timing
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,6 +70,18 @@ class ConversionRun:
         return self.images / (self.seconds - self.verify_seconds)
 
 
+def _interleaved_photos(src: str) -> list[sources.SourceImage]:
+    """The images under `src`, classes in turn, so that any count of them holds every class."""
+    scan = sources.scan_image_folder(src)
+    by_class: dict[str, list[sources.SourceImage]] = {}
+    for image in (image for images in scan.splits.values() for image in images):
+        by_class.setdefault(image.class_name, []).append(image)
+    originals = [image for row in itertools.zip_longest(*by_class.values()) for image in row if image]
+    if not originals:
+        raise ValueError(f"no images under {src}")
+    return originals
+
+
 def copy_photos(src: str, dst: str, count: int) -> int:
     """Fills `dst/train/<class>/` with `count` copies of the photos of `src`, in turn.
 
@@ -77,14 +90,7 @@ def copy_photos(src: str, dst: str, count: int) -> int:
     Returns:
       The number of files written.
     """
-    scan = sources.scan_image_folder(src)
-    by_class: dict[str, list[sources.SourceImage]] = {}
-    for image in (image for images in scan.splits.values() for image in images):
-        by_class.setdefault(image.class_name, []).append(image)
-    # Classes in turn, so that any count holds every class.
-    originals = [image for row in itertools.zip_longest(*by_class.values()) for image in row if image]
-    if not originals:
-        raise ValueError(f"no images under {src}")
+    originals = _interleaved_photos(src)
     for index in range(count):
         image = originals[index % len(originals)]
         folder = os.path.join(dst, "train", image.class_name)
@@ -197,6 +203,7 @@ class ConversionBenchmark:
     # The large folder again, in turns: --duplicates=off, default, off (the first default run is `full`).
     search_on: tuple[ConversionRun, ...] = ()
     search_off: tuple[ConversionRun, ...] = ()
+    search_cost: duplicate_search.SearchCost | None = None
 
     @property
     def conversion_vs_decode(self) -> float:
@@ -256,10 +263,13 @@ def run(
         log(f"converting the large folder again, {' '.join(extra) or 'duplicates reported'}")
         run_ = run_converter(large, os.path.join(work_dir, "records_again"), workers, extra_flags=extra)
         (search_off if extra else search_on).append(run_)
+    log("timing the duplicate search's parts")
+    search_cost = duplicate_search.measure(_interleaved_photos(photos), images, workers)
     log(f"streaming {epochs} epochs, cache off")
     streaming = streaming_memory(records, epochs)
     return ConversionBenchmark(
-        images, workers, decode_rate, full_run, fraction_run, tuple(streaming), tuple(search_on), tuple(search_off)
+        images, workers, decode_rate, full_run, fraction_run, tuple(streaming), tuple(search_on), tuple(search_off),
+        search_cost,
     )
 
 
@@ -280,6 +290,13 @@ def format_report(result: ConversionBenchmark) -> str:
             f"of the conversion with it, {result.duplicate_search_cpu_share:+.1%} of its CPU-seconds (fastest of "
             f"{len(result.search_on)} runs with it, {len(result.search_off)} with --duplicates=off, in turns; "
             "the folder is copies: every photo has byte-identical copies)"
+        )
+    if (cost := result.search_cost) is not None:
+        rows.append(
+            f"duplicate search, its parts: hashing {cost.hash_ms:.3f} ms of CPU per photo, the index "
+            f"{cost.index_seconds:.2f} s for this folder, {cost.index_seconds_distinct:.2f} s for {cost.images:,} "
+            f"distinct hashes: {cost.added_seconds() / full.seconds:.1%} of this conversion's time, "
+            f"{cost.added_seconds(distinct=True) / full.seconds:.1%} for as many distinct photos"
         )
     return "\n".join(rows)
 
@@ -310,6 +327,11 @@ def to_json(result: ConversionBenchmark) -> dict:
         "duplicate_search_seconds": result.duplicate_search_seconds,
         "duplicate_search_share": result.duplicate_search_share,
         "duplicate_search_cpu_share": result.duplicate_search_cpu_share,
+        "duplicate_search_parts": None if result.search_cost is None else {
+            **dataclasses.asdict(result.search_cost),
+            "added_share": result.search_cost.added_seconds() / result.full.seconds,
+            "added_share_distinct": result.search_cost.added_seconds(distinct=True) / result.full.seconds,
+        },
     }
 
 
