@@ -194,14 +194,32 @@ def test_sigterm_and_ctrl_c_stop_at_a_batch_with_its_backup_and_the_run_resumes_
     assert [e["epoch"] for e in _history(model_dir)] == [0, 1]
 
 
+# Under --deterministic, op determinism holds for the whole process: the resume and the
+# uninterrupted run are train.py's main, one after the other, in one new interpreter.
+_RESUME_THEN_WHOLE = """
+import sys
+from model.commands import TRAIN
+resumed, whole = sys.argv[1:3], sys.argv[3:5]
+flags = sys.argv[5:]
+assert TRAIN.main(["train.py", *resumed, *flags]) == 0
+print("THE UNINTERRUPTED RUN", file=sys.stderr, flush=True)
+assert TRAIN.main(["train.py", *whole, *flags]) == 0
+"""
+
+
 def test_kill_9_mid_epoch_with_deterministic_resumes_to_identical_weights(records, tmp_path):
     flags = ["--epochs=2", "--backup_every_steps=3", "--deterministic"]
-    whole = _start(tmp_path / "whole", records, *flags)
     with _start(tmp_path / "killed", records, *flags) as killed:
         processes.kill_at(killed, "backup: the state at epoch 1, batch 3 is saved")
     assert (_state(tmp_path / "killed")["epoch"], _state(tmp_path / "killed")["step"]) >= (0, 3)
-    resumed = processes.run("train.py", f"--records={records}", f"--model_dir={tmp_path / 'killed'}", *COMMON, *flags)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    with whole:
-        assert whole.wait() == 0, whole.output()[0][-3000:]
+    driver = tmp_path / "resume_then_whole.py"
+    driver.write_text(_RESUME_THEN_WHOLE)
+    runs = [f"--records={records}", f"--model_dir={tmp_path / 'killed'}",
+            f"--records={records}", f"--model_dir={tmp_path / 'whole'}"]
+    done = processes.run(driver, *runs, *COMMON, *flags)
+    assert done.returncode == 0, done.stderr[-3000:]
+    resumed, whole = done.stderr.split("THE UNINTERRUPTED RUN")
+    # The resume went on from the backup: it never passed batch 3 of epoch 1 again.
+    assert "epoch 1, batch 3 is saved" not in resumed and "epoch 1, batch 3 is saved" in whole
+    assert "state after epoch 2 is saved" in resumed
     _assert_same_run(tmp_path / "killed", tmp_path / "whole")
