@@ -2,10 +2,13 @@
 
     src/{split}/{class}/*          sources, walk      scan: files, labels, what is skipped and why
       -> shard plan                sharding           seeded shuffle, shard names and sizes
-      -> decode, normalise         decoders, imaging  worker processes: Pillow decode, RGB JPEG
+      -> decode, normalise         decoders, imaging  worker processes: Pillow decode, RGB JPEG,
+                                   duplicates         and each source's fingerprint (SHA-256, pHash)
       -> encode, write shards      shards             one Example per image, shards in planned order
            by the local pool       local              (or by Apache Beam: beam)
-      -> manifest, verify, swap    conversion, out_dir, resume, rules
+      -> duplicate pairs           duplicates         in plan order; with drop, later copies skipped
+      -> manifest, report, verify, conversion, out_dir, resume, rules, data_report
+         swap
     records/                       read by `pipeline.reader` and by TFDS
 
 `conversion.convert_folder(ConversionConfig(...))` runs it; `commands` holds
