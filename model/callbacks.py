@@ -115,14 +115,14 @@ def _epochs(data: Any) -> list[dict]:
 
 
 class HistoryFile(keras.callbacks.Callback):
-    """Keeps history.json and the curves PNG current after every epoch.
+    """Keeps history.json and the curves PNG (if it has a path) current after every epoch.
 
     Entries are keyed by epoch, so a resumed run replaces the epochs it
     repeats and keeps the ones before. An epoch with `input_bound` also gets
     `limited_by`, the verdict in words.
     """
 
-    def __init__(self, history_path: str, plot_path: str):
+    def __init__(self, history_path: str, plot_path: str | None):
         super().__init__()
         self.history_path = history_path
         self.plot_path = plot_path
@@ -135,4 +135,5 @@ class HistoryFile(keras.callbacks.Callback):
         self.entries[epoch] = {"epoch": epoch, **values}
         history = [self.entries[e] for e in sorted(self.entries) if e <= epoch]
         fileio.write_json(self.history_path, history)
-        plots.plot_history(history, self.plot_path)
+        if self.plot_path:
+            plots.plot_history(history, self.plot_path)

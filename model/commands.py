@@ -85,6 +85,11 @@ flags.DEFINE_boolean("save_h5", _DEFAULTS.save_h5, "Also save model.h5, as the n
 flags.DEFINE_boolean(
     "export", _DEFAULTS.export, "Also write MODEL_DIR/export: a SavedModel that takes encoded images.", flag_values=FLAGS
 )
+flags.DEFINE_boolean(
+    "pictures", _DEFAULTS.pictures,
+    "Draw input_batch.png and augmented_variants.png into MODEL_DIR, and training_curves.png after every epoch.",
+    flag_values=FLAGS,
+)
 flags.DEFINE_string(
     "data_service", _DEFAULTS.data_service,
     "grpc://HOST:PORT of a tf.data service dispatcher whose workers prepare the training batches "

@@ -160,19 +160,27 @@ def _predictions_csv(evaluation: Evaluation) -> str:
     return out.getvalue()
 
 
-def write_report(evaluation: Evaluation, out_dir: str, split: str) -> dict[str, str]:
-    """Writes metrics.json, predictions.csv, confusion_matrix.png and mistakes.png into `out_dir`.
+def write_report(evaluation: Evaluation, out_dir: str, split: str, pictures: bool = True) -> dict[str, str]:
+    """Writes metrics.json, predictions.csv and, with `pictures`, confusion_matrix.png and
+    mistakes.png into `out_dir`.
 
     Returns:
       File kind -> path written.
     """
     fileio.makedirs(out_dir)
-    files = {name: os.path.join(out_dir, name) for name in
-             ("metrics.json", "predictions.csv", "confusion_matrix.png", "mistakes.png")}
+    names = ("metrics.json", "predictions.csv") + (("confusion_matrix.png", "mistakes.png") if pictures else ())
+    files = {name: os.path.join(out_dir, name) for name in names}
     fileio.write_json(files["metrics.json"], evaluation.metrics_json())
     fileio.write_text(files["predictions.csv"], _predictions_csv(evaluation))
+    if pictures:
+        _draw_report(evaluation, files["confusion_matrix.png"], files["mistakes.png"], split)
+    return files
+
+
+def _draw_report(evaluation: Evaluation, confusion_png: str, mistakes_png: str, split: str) -> None:
+    """The confusion matrix, and a grid of the most confident mistakes titled with their files."""
     plots.plot_confusion_matrix(np.asarray(evaluation.confusion_matrix), evaluation.class_names,
-                                files["confusion_matrix.png"], title=f"{split}: accuracy {evaluation.accuracy:.3f}")
+                                confusion_png, title=f"{split}: accuracy {evaluation.accuracy:.3f}")
     mistakes, images = evaluation.mistakes, evaluation.mistake_images
     titles = []
     for i in mistakes:
@@ -182,6 +190,5 @@ def write_report(evaluation: Evaluation, out_dir: str, split: str) -> dict[str, 
     suptitle = f"The {len(mistakes)} most confident mistakes ({split})"
     if not len(mistakes):  # a blank tile says so
         images, titles, suptitle = np.ones((1, 32, 32, 3), np.float32), [""], f"No mistakes ({split})"
-    plots.plot_image_grid(images, titles, files["mistakes.png"], rows=-(-len(titles) // 4), cols=4, suptitle=suptitle)
-    return files
+    plots.plot_image_grid(images, titles, mistakes_png, rows=-(-len(titles) // 4), cols=4, suptitle=suptitle)
 

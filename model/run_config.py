@@ -62,6 +62,9 @@ class TrainConfig:
       jit_compile: compile the train step with XLA.
       save_h5: also save model.h5.
       export: also write export/, a SavedModel that takes encoded images (model.inference).
+      pictures: draw input_batch.png and augmented_variants.png at the start,
+        training_curves.png after every epoch and the test split's
+        confusion_matrix.png and mistakes.png (a few seconds of CPU a run).
       strategy: one device, or mirrored over the local devices.
       data_service: a tf.data service dispatcher, grpc://HOST:PORT, whose
         workers prepare the training batches (validation stays local); None
@@ -93,6 +96,7 @@ class TrainConfig:
     jit_compile: bool = False
     save_h5: bool = False
     export: bool = True
+    pictures: bool = True
     strategy: Strategy = Strategy.DEFAULT
     data_service: str | None = None
     profile_batches: tuple[int, int] | None = None

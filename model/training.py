@@ -3,9 +3,9 @@
     model_dir/
       model.keras            # the trained model (model.h5 too, on request)
       history.json           # one entry per epoch, kept across resumes
-      training_curves.png    # accuracy and loss, training and validation
-      input_batch.png        # a 4x5 grid of one training batch
-      augmented_variants.png # 20 augmentations of one training image
+      training_curves.png    # accuracy and loss, training and validation  } not with
+      input_batch.png        # a 4x5 grid of one training batch            } pictures=False
+      augmented_variants.png # 20 augmentations of one training image      }
       results.json           # test-split metrics and the last epoch's logs
       checkpoints/epoch_001.keras ...
       run.json               # the settings that define the run (model/run_dir.py)
@@ -186,7 +186,9 @@ def _callbacks(
         # With --data_service a probe of the input would start a new service job
         # (another distributed epoch) after every epoch: the training rate only.
         callbacks.EpochThroughput(config.batch_size, input_data=None if config.data_service else train_ds),
-        callbacks.HistoryFile(config.path("history.json"), config.path("training_curves.png")),
+        callbacks.HistoryFile(
+            config.path("history.json"), config.path("training_curves.png") if config.pictures else None
+        ),
         run_dir.EpochCheckpoint(config.path("checkpoints")),
         keras.callbacks.TensorBoard(config.path("logs"), profile_batch=config.profile_batches or 0),
         backup,
@@ -313,7 +315,7 @@ def _save_results(
     test = None
     if "test" in manifest.splits:
         report = evaluation.evaluate_split(model, config.records, "test", eval_config, manifest.class_names)
-        evaluation.write_report(report, config.path("eval_test"), "test")
+        evaluation.write_report(report, config.path("eval_test"), "test", pictures=config.pictures)
         test = {"accuracy": report.accuracy, "loss": report.loss}
         logging.info("test: %s", test)
     run = inference.TrainedRun(config.model_dir, manifest.class_names, (config.image_size,) * 2, config.records)
@@ -367,7 +369,9 @@ def _train(config: run_config.TrainConfig, manifest: schema.Manifest, stop: thre
         logging.warning("%s", warning)
     # A resumed run has the same settings (record_settings refused any other),
     # so the pictures its first run drew still hold.
-    if done == 0 or not all(tf.io.gfile.exists(config.path(name)) for name in pictures.INPUT_PICTURES):
+    if config.pictures and (
+        done == 0 or not all(tf.io.gfile.exists(config.path(name)) for name in pictures.INPUT_PICTURES)
+    ):
         pictures.save_input_pictures(
             config.model_dir, config.records, manifest, *input_configs(config, manifest.num_classes), config.seed
         )

@@ -43,7 +43,7 @@ def finished_run(split_records, tmp_path_factory):
     records_dir, _ = split_records
     model_dir = tmp_path_factory.mktemp("finished") / "run"
     argv = ["train.py", f"--records={records_dir}", f"--model_dir={model_dir}", "--epochs=1",
-            "--batch_size=6", "--image_size=32", "--nocache", "--verbose=0", "--steps_per_epoch=2"]
+            "--batch_size=6", "--image_size=32", "--nocache", "--verbose=0", "--steps_per_epoch=2", "--nopictures"]
     assert TRAIN.main(argv) == 0
     return argv, model_dir
 

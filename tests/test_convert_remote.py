@@ -169,7 +169,8 @@ def test_convert_py_main_in_process(tree, local_disk_untouched, capsys):
     out = _ram("records")
 
     def main(*args: str) -> int:
-        return CONVERT.main(["convert.py", f"--src={src}/", f"--out={out}", "--num_shards=3", "--image_size=20", *args])
+        return CONVERT.main(["convert.py", f"--src={src}/", f"--out={out}", "--num_shards=3", "--image_size=20",
+                            "--nodata_report", *args])
 
     assert main("--workers=2", "--runner=local", "--beam_pipeline_options=") == 0
     captured = capsys.readouterr()

@@ -33,7 +33,7 @@ from pipeline.converter.commands import CONVERT
 # 24 in 12.
 COUNTS = {"cats": 60, "dogs": 60}
 SIZE = (800, 800)
-FLAGS = {"num_shards": 12, "image_size": (16, 16), "validation_fraction": 0.2, "workers": 1}
+FLAGS = {"num_shards": 12, "image_size": (16, 16), "validation_fraction": 0.2, "workers": 1, "data_report": False}
 NUM_SHARDS = 24
 KILL_AFTER = 3  # finished shards
 

@@ -129,7 +129,8 @@ def test_train_py_trains_through_the_service(tree_and_records, cluster, tmp_path
     _, records = tree_and_records
     model_dir = tmp_path / "run"
     result = cli.run(TRAIN, f"--records={records}", f"--model_dir={model_dir}",
-                     f"--data_service={cluster.address}", "--batch_size=4", "--image_size=24", "--epochs=2", "--noexport")
+                     f"--data_service={cluster.address}", "--batch_size=4", "--image_size=24", "--epochs=2", "--noexport",
+                     "--nopictures")
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"tf.data service at {cluster.address}" in result.stderr
     history = json.loads((model_dir / "history.json").read_text())

@@ -73,7 +73,8 @@ def test_a_training_run_that_fills_the_disk_keeps_its_backup_and_resumes(split_r
     records, _ = split_records
     model_dir = tmp_path / "run"
     argv = ["train.py", f"--records={records}", f"--model_dir={model_dir}", "--epochs=2", "--batch_size=6",
-            "--image_size=32", "--nocache", "--verbose=0", "--steps_per_epoch=2", "--noexport"]
+            "--image_size=32", "--nocache", "--verbose=0", "--steps_per_epoch=2", "--noexport",
+            "--nopictures"]
     real_save_weights, calls = keras.Model.save_weights, []
 
     def save_weights(self, filepath, *args, **kwargs):

@@ -116,13 +116,14 @@ def test_drop_keeps_the_first_copy_and_skips_the_others(tree, tmp_path):
     )
     assert len(reasons) == 2
     assert "dropped (the first copy kept)" in summary.format()
+    assert not (tmp_path / "records" / out_dir.DATA_REPORT_FILENAME).exists()  # data_report=False
 
 
 def test_off_looks_for_nothing(tree, tmp_path):
-    summary = convert(tree, tmp_path / "records", num_shards=2, duplicates="off")
+    summary = convert(tree, tmp_path / "records", num_shards=2, duplicates="off", data_report=True)
     assert summary.manifest.duplicates == ()
     assert "duplicates" not in summary.format()
-    assert (tmp_path / "records" / out_dir.DATA_REPORT_FILENAME).is_file()
+    assert (tmp_path / "records" / out_dir.DATA_REPORT_FILENAME).is_file()  # without the sizes
 
 
 def test_resume_keeps_the_pairs(tree, reported, tmp_path, monkeypatch, capsys):
@@ -142,7 +143,7 @@ def test_resume_keeps_the_pairs(tree, reported, tmp_path, monkeypatch, capsys):
         convert(tree, out, num_shards=2)
     monkeypatch.undo()
     capsys.readouterr()
-    resumed = convert(tree, out, num_shards=2, resume=True)
+    resumed = convert(tree, out, num_shards=2, resume=True, data_report=True)
     assert "kept 3 of 6 shards" in capsys.readouterr().err
     assert _pairs(resumed.manifest, tree) == PLANTED
     _, reference = reported

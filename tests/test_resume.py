@@ -29,7 +29,7 @@ from model import run_dir
 from model import training
 from model.commands import TRAIN
 
-COMMON = ["--batch_size=6", "--image_size=32", "--verbose=2", "--noexport"]
+COMMON = ["--batch_size=6", "--image_size=32", "--verbose=2", "--noexport", "--nopictures"]
 TRAIN_IMAGES = 40  # 7 batches of 6
 
 
@@ -120,7 +120,7 @@ class StopAtCheck(threading.Event):
 
 @pytest.mark.parametrize("cache", [True, False], ids=["cached", "streamed"])
 def test_a_stop_mid_epoch_backs_up_that_batch_and_resumes_to_the_uninterrupted_run(records, tmp_path, cache):
-    settings = dict(records=str(records), batch_size=6, image_size=32, epochs=2, verbose=0, cache=cache, export=False,
+    settings = dict(records=str(records), batch_size=6, image_size=32, epochs=2, verbose=0, cache=cache, export=False, pictures=False,
                     backup_every_steps=4)
     training.train_and_evaluate(run_config.TrainConfig(model_dir=str(tmp_path / "whole"), **settings))
     stopped = run_config.TrainConfig(model_dir=str(tmp_path / "stopped"), **settings)
@@ -146,6 +146,7 @@ def test_backups_every_n_batches_and_at_the_epoch_end(records, tmp_path):
     assert "backup: the state after epoch 1 is saved" in done.stderr
     assert (_state(model_dir)["epoch"], _state(model_dir)["step"]) == (1, 0)
     assert [p.name for p in (model_dir / "backup").iterdir() if p.suffix == ".h5"] == ["epoch_0001.weights.h5"]
+    assert not list(model_dir.rglob("*.png"))  # --nopictures
 
 
 def test_mid_epoch_backups_are_refused_on_the_tf_data_service():

@@ -25,7 +25,8 @@ _TWO_DEVICES = textwrap.dedent(
     TRAIN.run()
     """
 )
-COMMON = ["--batch_size=10", "--image_size=32", "--epochs=4", "--seed=3", "--verbose=2"]
+COMMON = ["--batch_size=10", "--image_size=32", "--epochs=4", "--seed=3", "--verbose=2", "--noexport",
+          "--nopictures"]
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +56,7 @@ def test_mirrored_on_two_devices_learns_as_one_device_and_resumes_after_a_kill(r
     single = tmp_path / "single"
     training.train_and_evaluate(run_config.TrainConfig(
         records=str(records), model_dir=str(single), batch_size=10, image_size=32, epochs=4, seed=3, verbose=0,
+        export=False, pictures=False,
     ))
 
     mirrored = tmp_path / "mirrored"

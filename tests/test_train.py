@@ -111,7 +111,8 @@ def test_train_writes_everything(first_run):
 def test_a_finished_run_continues_to_more_epochs(records, first_run, tmp_path):
     model_dir = tmp_path / "continued"
     shutil.copytree(first_run["model_dir"], model_dir)  # a copy of the finished run, to a larger --epochs
-    second = cli.run(TRAIN, f"--records={records}", f"--model_dir={model_dir}", *COMMON, "--epochs=2")
+    second = cli.run(TRAIN, f"--records={records}", f"--model_dir={model_dir}", *COMMON, "--epochs=2",
+                  "--nopictures")
     assert second.returncode == 0, second.stderr[-3000:]
     assert "Epoch 1/2" not in second.stdout + second.stderr
     history = json.loads((model_dir / "history.json").read_text())
@@ -129,7 +130,7 @@ def test_train_on_device_with_mixed_precision(records, tmp_path):
     """The GPU settings on a CPU. (XLA training: test_model, which compiles the same model
     in-process; --jit_compile reaching it: test_jit_compile_...)"""
     model_dir = tmp_path / "device"
-    result = cli.run(TRAIN, f"--records={records}", f"--model_dir={model_dir}", *COMMON, "--epochs=1",
+    result = cli.run(TRAIN, f"--records={records}", f"--model_dir={model_dir}", *COMMON, "--epochs=1", "--nopictures",
                      "--augment_on=device", "--mixed_precision", "--nocache", "--profile_batches=1,2")
     assert result.returncode == 0, result.stderr[-3000:]
     # CPU only: the GPU setting is warned about, naming its measured cost.

@@ -24,7 +24,7 @@ from model import run_config
 from model import training
 from model.commands import TRAIN
 
-COMMON = ["--batch_size=6", "--image_size=32", "--nocache", "--verbose=2", "--noexport"]
+COMMON = ["--batch_size=6", "--image_size=32", "--nocache", "--verbose=2", "--noexport", "--nopictures"]
 
 
 @pytest.fixture(scope="module")

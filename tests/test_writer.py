@@ -629,7 +629,7 @@ def test_the_records_are_renamed_from_a_scratch_folder_inside_out(split_tree, tm
 
     monkeypatch.setattr(os, "replace", same_filesystem_only)
     monkeypatch.setattr(os, "rename", same_filesystem_only)
-    summary = convert(split_tree.root, out, overwrite=True, num_shards=2)
+    summary = convert(split_tree.root, out, overwrite=True, num_shards=2, data_report=True)
     assert len(moves) == len(os.listdir(out)) == 6 + 1 + len(out_dir.TFDS_METADATA_FILES) + 1  # + data_report.png
     assert _shard_files(out) == sorted(
         s.filename for info in summary.manifest.splits.values() for s in info.shards

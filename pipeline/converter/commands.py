@@ -85,6 +85,11 @@ flags.DEFINE_enum_class(
     "copies, or skip the search.",
     case_sensitive=False, flag_values=FLAGS,
 )
+flags.DEFINE_boolean(
+    "data_report", _DEFAULTS.data_report,
+    "Draw data_report.png into --out: class counts per split, image sizes, duplicate pairs.",
+    flag_values=FLAGS,
+)
 flags.DEFINE_enum_class(
     "runner", _DEFAULTS.runner, conversion.Runner,
     "What writes the shards: this machine's decoding processes, or an Apache Beam pipeline "

@@ -83,6 +83,8 @@ class ConversionConfig:
         plan (`resume`); the local runner only.
       duplicates: report the duplicate images found (`duplicates`), drop the
         later copies (the local runner only), or not look for them.
+      data_report: draw `data_report.png` into the records (class counts,
+        image sizes, duplicate pairs); about half a second of CPU.
       runner: this machine's decoding pool, or Apache Beam (`beam`).
       beam_pipeline_options: Beam options as `key=value` strings.
       show_progress: draw a progress bar on stderr (not a flag: convert.py
@@ -109,6 +111,7 @@ class ConversionConfig:
     max_pixels: int = imaging.DEFAULT_MAX_PIXELS
     resume: bool = False
     duplicates: duplicates_lib.DuplicateMode = duplicates_lib.DuplicateMode.REPORT
+    data_report: bool = True
     runner: Runner = Runner.LOCAL
     beam_pipeline_options: tuple[str, ...] = ()
     show_progress: bool = False
@@ -296,7 +299,8 @@ def _finish(
         duplicates=tuple(index.pairs) if index else (),
     )
     out_dir.write_tfds_metadata(scratch, manifest)
-    data_report.write(scratch, manifest, index.sizes if index else None)
+    if config.data_report:
+        data_report.write(scratch, manifest, index.sizes if index else None)
     schema.write_manifest(scratch, manifest)
     # Checked as a reader will read it before it replaces anything.
     report = verify.verify_records(scratch)

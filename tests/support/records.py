@@ -38,8 +38,9 @@ def count_records(path) -> int:
 
 
 def convert(src, out, **kwargs) -> conversion.ConversionSummary:
-    """convert_folder of a ConversionConfig with these fields, and no pool by default."""
+    """convert_folder of a ConversionConfig with these fields; by default no pool and no data report."""
     kwargs.setdefault("workers", 1)
+    kwargs.setdefault("data_report", False)
     return conversion.convert_folder(conversion.ConversionConfig(str(src), str(out), **kwargs))
 
 
