@@ -148,6 +148,7 @@ def test_convert_cli_runs_beam_with_the_options_given(tree, local_and_beam, tmp_
     done = cli.run(
         CONVERT, f"--src={tree.root}", "--num_shards=3", "--runner=beam",
         "--beam_pipeline_options=" + ",".join(IN_PROCESS), f"--out={tmp_path / 'cli'}", "--workers=2",
+        "--nodata_report",
     )
     assert done.returncode == 0, done.stderr
     assert "Wrote 28 images" in done.stdout
