@@ -159,30 +159,39 @@ def test_beam_refuses_drop_in_one_line(tree, tmp_path):
     ]
 
 
-def _brute_force(hashes: list[int], threshold: int) -> list[tuple[int, int, int]]:
-    """(image, earlier image, distance) of each image with an earlier one within `threshold`: closest, earliest."""
-    found = []
-    for i, h in enumerate(hashes):
-        near = [(duplicates.distance(h, hashes[j]), j) for j in range(i)]
-        near = [pair for pair in near if pair[0] <= threshold]
-        if near:
-            d, j = min(near)
-            found.append((i, j, d))
+def _brute_force(prints: list[duplicates.Fingerprint], threshold: int, drop: bool) -> list[tuple[int, int, int]]:
+    """(image, earlier image, distance) of each image with an earlier one: the first with its bytes, else
+    the closest hash within `threshold`, the earliest of ties; with `drop`, paired images are no candidates."""
+    found, kept = [], []
+    for i, print_ in enumerate(prints):
+        same = [j for j in kept if prints[j].digest == print_.digest]
+        near = sorted((duplicates.distance(print_.phash, prints[j].phash), j) for j in kept)
+        if same:
+            found.append((i, same[0], 0))
+        elif near and near[0][0] <= threshold:
+            found.append((i, near[0][1], near[0][0]))
+        if not (drop and found and found[-1][0] == i):
+            kept.append(i)
     return found
 
 
-def test_the_banded_index_finds_what_brute_force_finds():
+@pytest.mark.parametrize("drop", [False, True], ids=["report", "drop"])
+def test_the_banded_index_finds_what_brute_force_finds(drop):
     rng = random.Random(7)
     hashes = [rng.getrandbits(64) for _ in range(1500)]
     for _ in range(300):  # near ones: 0 to THRESHOLD + 2 bits flipped
         flipped = rng.sample(range(64), rng.randint(0, duplicates.THRESHOLD + 2))
         hashes.insert(rng.randrange(len(hashes) + 1), rng.choice(hashes) ^ sum(1 << b for b in flipped))
-    index = duplicates.DuplicateIndex()
-    for i, h in enumerate(hashes):
-        index.add(f"p{i}", "train", duplicates.Fingerprint(f"digest{i}", h, 1, 1))
+    prints = [duplicates.Fingerprint(f"digest{i}", h, 1, 1) for i, h in enumerate(hashes)]
+    for _ in range(50):  # byte-identical copies, placed later than their original
+        at = rng.randrange(1, len(prints) + 1)
+        prints.insert(at, prints[rng.randrange(at)])
+    index = duplicates.DuplicateIndex(drop=drop)
+    for i, print_ in enumerate(prints):
+        index.add(f"p{i}", "train", print_)
     banded = [(int(p.path[1:]), int(p.original_path[1:]), p.distance) for p in index.pairs]
-    assert len(banded) > 200
-    assert banded == _brute_force(hashes, duplicates.THRESHOLD)
+    assert len(banded) > 250 and len(prints) > 2 * duplicates.BATCH
+    assert banded == _brute_force(prints, duplicates.THRESHOLD, drop)
 
 
 def test_a_manifest_without_duplicates_still_reads(reported):
