@@ -17,7 +17,6 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from support import images  # noqa: E402
-from support import records  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +30,8 @@ def split_tree(tmp_path_factory) -> images.ImageTree:
 def split_records(split_tree, tmp_path_factory):
     """(records_dir, summary) of `split_tree`, converted at the original sizes."""
     out = tmp_path_factory.mktemp("split_records") / "records"
+    from support import records  # TensorFlow: imported in the workers, not in xdist's controller
+
     summary = records.convert(split_tree.root, out)
     return out, summary
 
