@@ -147,13 +147,13 @@ class DuplicateIndex:
 
     Add images in plan order: each is paired with an earlier image. Without
     `drop`, images wait in batches of BATCH and each batch is searched in a
-    few numpy steps per band; `pairs` finishes the last one. With `drop`,
+    few numpy steps; reading `pairs` searches the last one. With `drop`,
     `add` answers at once (the writer must know whether to skip the image).
 
-    The hashes added before the last RECENT_LIMIT or so sit in one table per
-    band (image ids sorted by band key, and where each key's run starts); the
-    recent ones in a list compared with every new hash. A query looks up its
-    band keys' neighbours in the tables for a whole batch at once.
+    The hashes added before the last RECENT_LIMIT or so sit in one table
+    (image ids sorted by band, then band key, and where each key's run
+    starts); the recent ones in an array compared with every new hash. A
+    batch looks up all its band keys' neighbours in the table at once.
     """
 
     def __init__(self, drop: bool = False, threshold: int = THRESHOLD, bands: int = NUM_BANDS):
