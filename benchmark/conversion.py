@@ -12,8 +12,9 @@ For a large folder (copies of the given photos, as many as asked):
 - the same conversion on a fraction of the files, to show whether the peak
   grows with the number of files;
 - the large conversion again, in turns with `--duplicates=off` and without:
-  the time and CPU the duplicate search (hashing in the decoders, the banded
-  index in the writer) adds, from the fastest runs of each. The
+  the time, CPU and writing-phase time the duplicate search (hashing in the
+  decoders, the banded index in the writer) adds, from the fastest runs of
+  each. The
   folder is copies of the photos, so each has many byte-identical copies: a
   worst case for the pair list (every copy is a pair), an easy one for the
   near search (only the distinct photos enter the hash bands);
@@ -223,6 +224,16 @@ class ConversionBenchmark:
         return None if added is None else added / min(r.seconds for r in self.search_on)
 
     @property
+    def duplicate_search_write_share(self) -> float | None:
+        """What it added to the writing phase (the search runs there; verification does not use it),
+        fastest of each, as a fraction of the fastest conversion with it: steadier than whole runs,
+        whose verification alone varied by more than the search costs."""
+        if not self.search_off:
+            return None
+        writing = [min(r.seconds - r.verify_seconds for r in runs) for runs in (self.search_on, self.search_off)]
+        return (writing[0] - writing[1]) / min(r.seconds for r in self.search_on)
+
+    @property
     def duplicate_search_cpu_share(self) -> float | None:
         """The CPU-seconds it added (less noisy than wall time on a shared machine), as that fraction."""
         if not self.search_off:
@@ -287,7 +298,8 @@ def format_report(result: ConversionBenchmark) -> str:
     if result.search_off:
         rows.append(
             f"duplicate search: {result.duplicate_search_seconds:+.1f} s, {result.duplicate_search_share:+.1%} "
-            f"of the conversion with it, {result.duplicate_search_cpu_share:+.1%} of its CPU-seconds (fastest of "
+            f"of the conversion with it, {result.duplicate_search_cpu_share:+.1%} of its CPU-seconds, "
+            f"{result.duplicate_search_write_share:+.1%} in its writing phase (fastest of "
             f"{len(result.search_on)} runs with it, {len(result.search_off)} with --duplicates=off, in turns; "
             "the folder is copies: every photo has byte-identical copies)"
         )
@@ -327,6 +339,7 @@ def to_json(result: ConversionBenchmark) -> dict:
         "duplicate_search_seconds": result.duplicate_search_seconds,
         "duplicate_search_share": result.duplicate_search_share,
         "duplicate_search_cpu_share": result.duplicate_search_cpu_share,
+        "duplicate_search_write_share": result.duplicate_search_write_share,
         "duplicate_search_parts": None if result.search_cost is None else {
             **dataclasses.asdict(result.search_cost),
             "added_share": result.search_cost.added_seconds() / result.full.seconds,

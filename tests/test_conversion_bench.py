@@ -42,6 +42,21 @@ def test_decode_rate_and_a_measured_conversion(photos, tmp_path):
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+def test_the_duplicate_search_figures_come_from_the_fastest_runs_of_each():
+    def run(seconds: float, verify_seconds: float, cpu_seconds: float) -> conversion.ConversionRun:
+        return conversion.ConversionRun(100, seconds, verify_seconds, 1.0, ((0.0, 1.0),), cpu_seconds)
+
+    on = (run(53.2, 21.4, 80.8), run(46.4, 13.0, 85.2))
+    off = (run(39.4, 11.9, 73.6), run(50.9, 20.8, 79.1))
+    result = conversion.ConversionBenchmark(100, 2, 100.0, on[0], on[0], (1.0,), on, off)
+    assert result.duplicate_search_seconds == pytest.approx(46.4 - 39.4)
+    assert result.duplicate_search_share == pytest.approx(7.0 / 46.4)
+    assert result.duplicate_search_cpu_share == pytest.approx((80.8 - 73.6) / 80.8)
+    assert result.duplicate_search_write_share == pytest.approx((31.8 - 27.5) / 46.4)
+    assert "+9.3% in its writing phase" in conversion.format_report(result)
+    assert conversion.to_json(result)["duplicate_search_write_share"] == pytest.approx(0.0927, abs=1e-4)
+
+
 def test_a_failed_conversion_is_an_error_with_its_line(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(RuntimeError, match="convert.py failed: convert.py: error: "):
