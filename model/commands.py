@@ -87,7 +87,8 @@ flags.DEFINE_boolean(
 )
 flags.DEFINE_boolean(
     "pictures", _DEFAULTS.pictures,
-    "Draw input_batch.png and augmented_variants.png into MODEL_DIR, and training_curves.png after every epoch.",
+    "Draw input_batch.png, augmented_variants.png, training_curves.png (after every epoch) and the "
+    "test split's confusion_matrix.png and mistakes.png.",
     flag_values=FLAGS,
 )
 flags.DEFINE_string(
