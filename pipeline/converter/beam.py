@@ -176,8 +176,9 @@ def write_splits(
     splits, skipped = {}, list(scan.skipped)
     for plan in plans:
         written = [results[filename] for filename in plan.shard_filenames]
-        for result in written if index is not None else ():
-            index.replay(plan.name, result.fingerprints)
+        if index is not None:
+            for result in written:
+                index.replay(plan.name, result.fingerprints)
         splits[plan.name], split_skipped = shards.gather_split(plan.name, written, scan.class_names)
         skipped += split_skipped
     return splits, skipped
