@@ -22,6 +22,7 @@ from pipeline.converter import conversion as converter  # noqa: E402
 from pipeline.converter import sources  # noqa: E402
 from benchmark import BenchmarkError  # noqa: E402
 from benchmark import conversion  # noqa: E402
+from benchmark import conversion_report  # noqa: E402
 from benchmark import plan  # noqa: E402
 from benchmark import report  # noqa: E402
 
@@ -88,9 +89,9 @@ def _bench_convert() -> None:
     result = conversion.run(
         flags_.photos, flags_.work_dir, flags_.images, flags_.workers, flags_.epochs, conversion.log_to_stderr
     )
-    print(conversion.format_report(result))
-    json_path = fileio.write_json(os.path.join(flags_.out, "conversion.json"), conversion.to_json(result))
-    png_path = plots.plot_line_panels(conversion.memory_panels(result), os.path.join(flags_.out, "conversion_memory.png"))
+    print(conversion_report.format_report(result))
+    json_path = fileio.write_json(os.path.join(flags_.out, "conversion.json"), conversion_report.to_json(result))
+    png_path = plots.plot_line_panels(conversion_report.memory_panels(result), os.path.join(flags_.out, "conversion_memory.png"))
     print(f"Wrote {json_path} and {png_path}")
 
 

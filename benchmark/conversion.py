@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import itertools
+import math
 import multiprocessing
 import os
 import re
@@ -41,7 +42,6 @@ from collections.abc import Callable
 import psutil
 from PIL import Image
 
-from pipeline import plots
 from pipeline.converter import sources
 from pipeline.reader import augment
 from pipeline.reader import dataset
@@ -61,6 +61,7 @@ class ConversionRun:
     peak_mib: float  # proportional set size of the launcher and its decoders
     memory_timeline: tuple[tuple[float, float], ...]  # (seconds since start, MiB)
     cpu_seconds: float = 0.0  # user + system of its process tree (the decoders are reaped by it)
+    wall_seconds: float = 0.0  # the process, from its start to its exit: start-up included
 
     @property
     def images_per_second(self) -> float:
@@ -169,6 +170,7 @@ def run_converter(
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     stdout, stderr = child.communicate()
+    wall_seconds = time.perf_counter() - started
     cpu_seconds = _children_cpu_seconds() - cpu_before
     sampler.join()
     if child.returncode != 0:
@@ -178,7 +180,7 @@ def run_converter(
         float(x) for x in re.search(r"in ([\d.]+) s \(.*verified.* in ([\d.]+) s", stdout).groups()
     )
     return ConversionRun(
-        images, seconds, verify_seconds, max(mib for _, mib in timeline), tuple(timeline), cpu_seconds
+        images, seconds, verify_seconds, max(mib for _, mib in timeline), tuple(timeline), cpu_seconds, wall_seconds
     )
 
 
@@ -193,6 +195,11 @@ def streaming_memory(records: str, epochs: int, batch_size: int = 20) -> list[fl
     return timing.streaming_rss_mib(dataset.train_dataset(records, config), epochs)
 
 
+# Issue #19's targets, ratios to the parallel decode rate in one run.
+MARGINAL_TARGET = 0.7  # between the smaller and the large folder: start-up cancels out
+WHOLE_TARGET = 0.45  # the large folder, process start to exit
+
+
 @dataclasses.dataclass(frozen=True)
 class ConversionBenchmark:
     images: int
@@ -205,10 +212,36 @@ class ConversionBenchmark:
     search_on: tuple[ConversionRun, ...] = ()
     search_off: tuple[ConversionRun, ...] = ()
     search_cost: duplicate_search.SearchCost | None = None
+    fraction_again: tuple[ConversionRun, ...] = ()  # the smaller folder, again after the large runs
+
+    @property
+    def fractions(self) -> tuple[ConversionRun, ...]:
+        return (self.fraction, *self.fraction_again)
 
     @property
     def conversion_vs_decode(self) -> float:
         return self.full.images_per_second / self.decode_rate
+
+    def _fastest(self, runs: tuple[ConversionRun, ...]) -> ConversionRun:
+        return min(runs, key=lambda run: run.wall_seconds)
+
+    @property
+    def whole_vs_decode(self) -> float:
+        """The large folder's images over the fastest whole process (start-up included), to the decode rate."""
+        fastest = self._fastest(self.search_on or (self.full,))
+        return fastest.images / fastest.wall_seconds / self.decode_rate
+
+    @property
+    def marginal_rate(self) -> float:
+        """Images/s between the smaller and the large folder, fastest whole processes of each."""
+        large, small = self._fastest(self.search_on or (self.full,)), self._fastest(self.fractions)
+        if large.images <= small.images or large.wall_seconds <= small.wall_seconds:
+            return math.nan  # no larger run to compare with
+        return (large.images - small.images) / (large.wall_seconds - small.wall_seconds)
+
+    @property
+    def marginal_vs_decode(self) -> float:
+        return self.marginal_rate / self.decode_rate
 
     @property
     def duplicate_search_seconds(self) -> float | None:
@@ -274,93 +307,13 @@ def run(
         log(f"converting the large folder again, {' '.join(extra) or 'duplicates reported'}")
         run_ = run_converter(large, os.path.join(work_dir, "records_again"), workers, extra_flags=extra)
         (search_off if extra else search_on).append(run_)
+    log("converting the smaller folder again")
+    fraction_again = run_converter(small, os.path.join(work_dir, "records_small"), workers)
     log("timing the duplicate search's parts")
     search_cost = duplicate_search.measure(_interleaved_photos(photos), images, workers)
     log(f"streaming {epochs} epochs, cache off")
     streaming = streaming_memory(records, epochs)
     return ConversionBenchmark(
         images, workers, decode_rate, full_run, fraction_run, tuple(streaming), tuple(search_on), tuple(search_off),
-        search_cost,
+        search_cost, (fraction_again,),
     )
-
-
-def format_report(result: ConversionBenchmark) -> str:
-    full, small = result.full, result.fraction
-    rows = [
-        f"parallel decode, {result.workers} processes: {result.decode_rate:,.0f} images/s",
-        f"convert {full.images:,} images: {full.images_per_second:,.0f} images/s with verification "
-        f"({full.images_per_second_before_verify:,.0f} before it, verify {full.verify_seconds:.1f} s): "
-        f"{result.conversion_vs_decode:.2f} of the decode rate",
-        f"peak memory of the converter: {full.peak_mib:,.0f} MiB for {full.images:,} images, "
-        f"{small.peak_mib:,.0f} MiB for {small.images:,}",
-        "streaming, cache off, MiB after each epoch: " + ", ".join(f"{m:,.0f}" for m in result.streaming_rss_mib),
-    ]
-    if result.search_off:
-        rows.append(
-            f"duplicate search: {result.duplicate_search_seconds:+.1f} s, {result.duplicate_search_share:+.1%} "
-            f"of the conversion with it, {result.duplicate_search_cpu_share:+.1%} of its CPU-seconds, "
-            f"{result.duplicate_search_write_share:+.1%} in its writing phase (fastest of "
-            f"{len(result.search_on)} runs with it, {len(result.search_off)} with --duplicates=off, in turns; "
-            "the folder is copies: every photo has byte-identical copies)"
-        )
-    if (cost := result.search_cost) is not None:
-        rows.append(
-            f"duplicate search, its parts: hashing {cost.hash_ms:.3f} ms of CPU per photo, the index "
-            f"{cost.index_seconds:.2f} s for this folder, {cost.index_seconds_distinct:.2f} s for {cost.images:,} "
-            f"distinct hashes: {cost.added_seconds() / full.seconds:.1%} of this conversion's time, "
-            f"{cost.added_seconds(distinct=True) / full.seconds:.1%} for as many distinct photos"
-        )
-    return "\n".join(rows)
-
-
-def to_json(result: ConversionBenchmark) -> dict:
-    def run_json(run: ConversionRun) -> dict:
-        return {
-            "images": run.images,
-            "seconds": run.seconds,
-            "verify_seconds": run.verify_seconds,
-            "images_per_second": run.images_per_second,
-            "images_per_second_before_verify": run.images_per_second_before_verify,
-            "peak_pss_mib": run.peak_mib,
-            "pss_timeline": [list(point) for point in run.memory_timeline],
-            "cpu_seconds": run.cpu_seconds,
-        }
-
-    return {
-        "images": result.images,
-        "workers": result.workers,
-        "decode_images_per_second": result.decode_rate,
-        "conversion_vs_decode": result.conversion_vs_decode,
-        "conversion": run_json(result.full),
-        "conversion_smaller": run_json(result.fraction),
-        "streaming_rss_mib_per_epoch": list(result.streaming_rss_mib),
-        "conversions_duplicates_reported": [run_json(run) for run in result.search_on],
-        "conversions_duplicates_off": [run_json(run) for run in result.search_off],
-        "duplicate_search_seconds": result.duplicate_search_seconds,
-        "duplicate_search_share": result.duplicate_search_share,
-        "duplicate_search_cpu_share": result.duplicate_search_cpu_share,
-        "duplicate_search_write_share": result.duplicate_search_write_share,
-        "duplicate_search_parts": None if result.search_cost is None else {
-            **dataclasses.asdict(result.search_cost),
-            "added_share": result.search_cost.added_seconds() / result.full.seconds,
-            "added_share_distinct": result.search_cost.added_seconds(distinct=True) / result.full.seconds,
-        },
-    }
-
-
-def memory_panels(result: ConversionBenchmark) -> list[plots.LinePanel]:
-    """The converter's memory over time, and streaming memory per epoch."""
-    full, small = result.full, result.fraction
-    return [
-        plots.LinePanel(
-            "Converter memory (launcher + decoders)", "seconds", "proportional set size, MiB",
-            {
-                f"{full.images:,} images": tuple(zip(*full.memory_timeline)),
-                f"{small.images:,} images": tuple(zip(*small.memory_timeline)),
-            },
-        ),
-        plots.LinePanel(
-            "Streaming for training, cache off", "epoch", "resident MiB after the epoch",
-            {"train_dataset": (tuple(range(1, len(result.streaming_rss_mib) + 1)), result.streaming_rss_mib)},
-        ),
-    ]

@@ -1,11 +1,11 @@
 """verify.py: checks a records folder written by convert.py.
 
-    python verify.py --records=records/
+    python verify.py --records=records/            # files, checksums, counts, labels, sizes
+    python verify.py --records=records/ --decode   # and every image decoded
 
-Checks files, checksums, counts, images, labels. Prints a line for the folder,
-then one line per problem
-naming the shard file and, where one record is at fault, its index; exits 0
-when there is none, 1 otherwise.
+Prints a line for the folder, then one line per problem naming the shard file
+and, where one record is at fault, its index; exits 0 when there is none, 1
+otherwise.
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ from pipeline import verify  # noqa: E402
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_string("records", None, "Records folder written by convert.py.", required=True, flag_values=FLAGS)
+flags.DEFINE_boolean("decode", False, "Also decode every image (a JPEG of the record's size that decodes).", flag_values=FLAGS)
 
 
 def _verify() -> None:
-    report = verify.verify_records(FLAGS.records)
+    report = verify.verify_records(FLAGS.records, decode=FLAGS.decode)
     print(report.format())
     if not report.ok:
         count = len(report.problems)

@@ -4,8 +4,8 @@ A path with a scheme (`gs://`, `s3://`, `hdfs://`, `ram://`, ...) goes through
 `tf.io.gfile`; a local path goes through `os`, because the converter's local
 guarantees depend on it: links, inodes and FIFOs are told apart by `os.stat`,
 and the final swap is `os.replace` (atomic) inside one filesystem. JSON files
-(manifest, run state, results) are written all or nothing, through
-`tf.io.gfile` for both kinds of path.
+(manifest, run state, results) are written all or nothing: to a
+temporary name, then renamed over the old file.
 
 TensorFlow is imported only when it is used, so the converter's decoding
 workers stay free of it for local files.
@@ -25,7 +25,7 @@ import socket
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 T = TypeVar("T")
 
@@ -170,12 +170,21 @@ def new_folder(parent: str, prefix: str) -> str:
             return path
 
 
+def open_file(path: str, mode: str = "rb") -> BinaryIO:
+    """A file opened for binary reading ("rb") or writing ("wb"): with `open` for
+    a local path, through `tf.io.gfile` for a URL."""
+    return _gfile().GFile(path, mode) if is_url(path) else open(path, mode)  # noqa: SIM115 - the caller closes
+
+
 def read_bytes(path: str) -> bytes:
-    """All bytes of a file at a URL.
+    """All bytes of a file, local or at a URL.
 
     Raises:
-      OSError: it cannot be read (TensorFlow's error, as an OSError).
+      OSError: it cannot be read (for a URL, TensorFlow's error as an OSError).
     """
+    if not is_url(path):
+        with open(path, "rb") as f:
+            return f.read()
     try:
         with _gfile().GFile(path, "rb") as f:
             return f.read()
@@ -221,17 +230,25 @@ def write_text(path: str, text: str) -> str:
     """
     folder = os.path.dirname(path)
     if folder:
-        _gfile().makedirs(folder)
+        makedirs(folder)
     tmp = path + ".tmp"
-    with _gfile().GFile(tmp, "w") as f:
-        f.write(text)
-    _gfile().rename(tmp, path, overwrite=True)
+    if is_url(path):
+        with _gfile().GFile(tmp, "w") as f:
+            f.write(text)
+        _gfile().rename(tmp, path, overwrite=True)
+    else:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
     return path
 
 
 def read_json(path: str) -> Any:
     """The parsed contents of a JSON file."""
-    with _gfile().GFile(path, "r") as f:
+    if is_url(path):
+        with _gfile().GFile(path, "r") as f:
+            return json.load(f)
+    with open(path, encoding="utf-8") as f:
         return json.load(f)
 
 
@@ -257,12 +274,14 @@ def read_state(path: str, check: Callable[[Any], T], remedy: str) -> T:
         problem = f"not valid JSON ({e})"
     except UnicodeDecodeError as e:
         problem = f"not UTF-8 text (byte {e.start})"
-    except _op_error() as e:
-        problem = f"cannot read it ({e.message})"
+    except OSError as e:
+        problem = f"cannot read it ({e.strerror or e})"
     except (KeyError, TypeError) as e:
         problem = f"it does not hold what it should ({type(e).__name__}: {e})"
     except ValueError as e:  # `check`'s own words
         problem = str(e)
+    except _op_error() as e:  # a URL's
+        problem = f"cannot read it ({e.message})"
     raise DamagedFileError(f"{path} is damaged: {problem}: {remedy}")
 
 

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
-import tensorflow as tf
+from pipeline import fileio
 
 
 def _figure(**kwargs) -> Figure:
@@ -29,8 +29,8 @@ def _save(fig: Figure, path: str, dpi: int = 100, tight: bool = True) -> str:
     """Writes `fig` as a PNG; `tight` crops it to what is drawn (one more drawing pass)."""
     folder = os.path.dirname(path)
     if folder:
-        tf.io.gfile.makedirs(folder)
-    with tf.io.gfile.GFile(path, "wb") as f:
+        fileio.makedirs(folder)
+    with fileio.open_file(path, "wb") as f:
         fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight" if tight else None)
     return path
 

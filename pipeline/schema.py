@@ -16,9 +16,8 @@ import os
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
-import tensorflow as tf
-
 from pipeline import fileio
+from pipeline import tfrecord
 
 # Version 2 dropped the `format` and `class_name` features and the manifest's
 # `jpeg_quality`. Version-1 folders still read: their records hold every
@@ -35,27 +34,19 @@ HEIGHT_KEY = "height"
 WIDTH_KEY = "width"
 FILENAME_KEY = "filename"
 
-# Every feature of a record and its dtype: the one definition.
-FEATURES: Mapping[str, tf.DType] = {
-    IMAGE_KEY: tf.string,  # the image, RGB JPEG
-    LABEL_KEY: tf.int64,  # index into the manifest's class names
-    HEIGHT_KEY: tf.int64,  # stored image height in pixels
-    WIDTH_KEY: tf.int64,  # stored image width in pixels
-    FILENAME_KEY: tf.string,  # source path relative to its split folder, UTF-8
+# Every feature of a record and its type (bytes: a tf.string, int: a tf.int64):
+# the one definition.
+FEATURES: Mapping[str, type] = {
+    IMAGE_KEY: bytes,  # the image, RGB JPEG
+    LABEL_KEY: int,  # index into the manifest's class names
+    HEIGHT_KEY: int,  # stored image height in pixels
+    WIDTH_KEY: int,  # stored image width in pixels
+    FILENAME_KEY: bytes,  # source path relative to its split folder, UTF-8
 }
-FEATURE_SPEC = {key: tf.io.FixedLenFeature([], dtype) for key, dtype in FEATURES.items()}
-
-
-def _feature(dtype: tf.DType, value: bytes | str | int) -> tf.train.Feature:
-    if dtype == tf.int64:
-        return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
-    if isinstance(value, str):
-        value = value.encode("utf-8")
-    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
 
 
 def serialize_example(values: Mapping[str, bytes | str | int]) -> bytes:
-    """Serializes one image's feature values to a `tf.train.Example` string.
+    """Serializes one image's feature values to a `tf.train.Example` string (`pipeline.tfrecord`).
 
     Args:
       values: a value for every key of FEATURES (str is stored as UTF-8).
@@ -65,11 +56,33 @@ def serialize_example(values: Mapping[str, bytes | str | int]) -> bytes:
     """
     if set(values) != set(FEATURES):
         raise ValueError(f"a record needs exactly the features {sorted(FEATURES)}, got {sorted(values)}")
-    feature = {key: _feature(dtype, values[key]) for key, dtype in FEATURES.items()}
-    example = tf.train.Example(features=tf.train.Features(feature=feature))
-    # Map fields have no fixed wire order (it differs between processes), and
-    # reruns and runners must write the same bytes: keys sorted.
-    return example.SerializeToString(deterministic=True)
+    return tfrecord.encode_example({
+        key: int(value) if kind is int else value.encode("utf-8") if isinstance(value, str) else value
+        for key, kind in FEATURES.items()
+        for value in [values[key]]
+    })
+
+
+def parse_values(serialized: bytes) -> tuple[int, int, int]:
+    """(label, height, width) of one record, without TensorFlow.
+
+    Raises:
+      ValueError: the record is not an Example with every feature of FEATURES
+        of its type.
+    """
+    features = tfrecord.decode_example(serialized)
+    for key, kind in FEATURES.items():
+        if not isinstance(features.get(key), kind):
+            raise ValueError(f"feature {key!r} is missing or not {'an int64' if kind is int else 'bytes'}")
+    return features[LABEL_KEY], features[HEIGHT_KEY], features[WIDTH_KEY]
+
+
+def feature_spec() -> dict:
+    """The reader's parse spec of FEATURES: a `tf.io.FixedLenFeature` each."""
+    import tensorflow as tf  # the reader's: the converter writes and checks records without it
+
+    dtypes = {bytes: tf.string, int: tf.int64}
+    return {key: tf.io.FixedLenFeature([], dtypes[kind]) for key, kind in FEATURES.items()}
 
 
 def parse_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -82,7 +95,9 @@ def parse_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
       A dict with the FEATURES keys, scalars of their dtypes (`tf.string`
       for IMAGE_KEY and FILENAME_KEY, `tf.int64` for the others).
     """
-    return tf.io.parse_single_example(serialized, FEATURE_SPEC)
+    import tensorflow as tf
+
+    return tf.io.parse_single_example(serialized, feature_spec())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -340,7 +355,7 @@ def read_manifest(records_dir: str) -> Manifest:
         disagree); the one-line message starts with the manifest's path.
     """
     path = os.path.join(records_dir, MANIFEST_FILENAME)
-    if not tf.io.gfile.exists(path):
+    if not fileio.exists(path):
         raise FileNotFoundError(f"{records_dir} has no {MANIFEST_FILENAME}: run convert.py first")
     try:
         return Manifest.from_json(fileio.read_json(path))
@@ -348,8 +363,8 @@ def read_manifest(records_dir: str) -> Manifest:
         raise ValueError(f"{path}: not valid JSON: {e}") from None
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not UTF-8 text: byte {e.start} is {e.object[e.start]:#04x}") from None
-    except tf.errors.OpError as e:  # a folder, no permission, ...
-        raise ValueError(f"{path}: cannot read it: {e.message}") from None
+    except OSError as e:  # a folder, no permission, ...
+        raise ValueError(f"{path}: cannot read it: {e.strerror or e}") from None
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
 

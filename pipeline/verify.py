@@ -1,22 +1,22 @@
 """Checks a records folder end to end: what verify.py runs, and the converter too.
 
-    report = verify_records("records")        # everything, images decoded
-    report = find_damage("records")           # files, checksums and counts only
-    print(report.format())                    # one line per problem
-    error_text(e)                             # a reader's tf error, as one line
+    report = verify_records("records")               # files, checksums, counts, labels, sizes
+    report = verify_records("records", decode=True)  # and every image decoded
+    print(report.format())                           # one line per problem
+    error_text(e)                                    # a reader's tf error, as one line
 
 What is checked, per shard of every split: the file exists and has the
-manifest's byte size; every record's checksum (TFRecordDataset's
-DataLossError, at the index where it happens); the record count against the
-manifest. With decoding (verify_records): every record parses with the
-schema; its image is a JPEG of the stored height and width (and of the
-manifest's stored size, if the converter resized) that decodes; its label is
-a class index; and each split's class counts match the manifest. A manifest
-that does not parse is one problem naming it.
+manifest's byte size; every record's checksums (length and data, read here
+with `pipeline.tfrecord`, at the index where one fails); that every record
+parses as an Example whose label is a class index and whose stored size is the
+manifest's (when the converter resized); the record count against the
+manifest; and each split's class counts against the manifest. With `decode`,
+also every image: a JPEG whose header has the record's height and width, that
+decodes (at 1/8 scale, in one tf.data pass over all shards in parallel).
+A manifest that does not parse is one problem naming it.
 
-Clean shards are read once, in one tf.data pass over all of them with parallel
-decoding; only a shard with a problem is read again, record by record, to
-name the index and the reason.
+Without `decode` nothing here imports TensorFlow: it is the converter's
+default check (BUILD.md, "Verification after writing"), about five times faster.
 """
 
 from __future__ import annotations
@@ -28,17 +28,14 @@ import re
 import time
 from collections.abc import Iterator
 
-import tensorflow as tf
-
+from pipeline import fileio
 from pipeline import schema
+from pipeline import tfrecord
 
 # Lines per shard in a report: a shard that is wrong throughout says so once.
 MAX_PROBLEMS_PER_SHARD = 10
-# TFRecord framing around each record: length (8 bytes) and its CRC (4), the
-# data, the data's CRC (4).
-_FRAME_BYTES = 16
 _BATCH = 256
-# Shards read at once by the check: enough to keep both cores decoding.
+# Shards read at once by the decoding check: enough to keep both cores decoding.
 _MAX_OPEN_SHARDS = 16
 
 
@@ -108,13 +105,12 @@ class VerifyReport:
         return "\n".join([head] + [f"  {problem.format()}" for problem in self.problems])
 
 
-def verify_records(records_dir: str, decode: bool = True) -> VerifyReport:
+def verify_records(records_dir: str, decode: bool = False) -> VerifyReport:
     """Checks a records folder; see the module docstring for what.
 
     Args:
       records_dir: a folder written by convert.py (or its scratch folder).
-      decode: also parse every record, decode every image and check labels,
-        sizes and class counts; False checks files, checksums and counts.
+      decode: also decode every image (and check its JPEG's size).
 
     Returns:
       The report; `.ok` when nothing is wrong.
@@ -131,10 +127,14 @@ def verify_records(records_dir: str, decode: bool = True) -> VerifyReport:
         for split in manifest.splits.values()
         for info in split.shards
     ]
-    inspected = _check_shards(shards, manifest, decode)
-    problems = [problem for shard in shards for problem in _in_order(shard)]
+    for shard in shards:
+        shard.problems = _file_problems(shard)
+        if fileio.exists(shard.path):
+            _read_shard(shard, manifest)
     if decode:
-        problems += _class_count_problems(shards, manifest, inspected)
+        _decode_images([shard for shard in shards if shard.labels])
+    problems = [problem for shard in shards for problem in _in_order(shard)]
+    problems += _class_count_problems(shards, manifest)
     return VerifyReport(
         records_dir,
         tuple(problems),
@@ -149,43 +149,33 @@ def find_damage(records_dir: str) -> VerifyReport:
 
     TensorFlow's DataLossError says only "corrupted record at <byte offset>",
     not which file: a caller that catches one runs this to name the shard and
-    the record index. It checks files, checksums and counts, decoding nothing.
+    the record index. It decodes no image.
     """
     return verify_records(records_dir, decode=False)
 
 
-def inspect_record(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
-    """What verify checks of one record: its features, its JPEG's size, a decode.
+def inspect_image(image):
+    """What the decoding check reads of one record's image: its JPEG header's size, a decode.
 
     The image is decoded at 1/8 scale: libjpeg still parses every marker and
     entropy-decodes every block, where damage shows, but skips most of the
     inverse DCT and colour work (the check runs about twice as fast).
 
     Args:
-      serialized: scalar `tf.string`, one record.
+      image: scalar `tf.string`, the record's image bytes.
 
     Returns:
-      int64 scalars: `label`, `height` and `width` as stored, `jpeg_height`
-      and `jpeg_width` from the JPEG header, `eighth_height` and
-      `eighth_width` of the 1/8-scale decode.
+      int64 [4]: the JPEG header's height and width, the 1/8-scale decode's
+      height and width.
 
     Raises:
-      tf.errors.InvalidArgumentError: the record does not parse with the
-        schema, or its image is not a JPEG that decodes.
+      tf.errors.InvalidArgumentError: the image is not a JPEG that decodes.
     """
-    features = schema.parse_example(serialized)
-    image = features[schema.IMAGE_KEY]
+    import tensorflow as tf  # only this check needs it
+
     header = tf.io.extract_jpeg_shape(image, output_type=tf.int64)
     eighth = tf.shape(tf.io.decode_jpeg(image, channels=3, ratio=8), out_type=tf.int64)
-    return {
-        "label": features[schema.LABEL_KEY],
-        "height": features[schema.HEIGHT_KEY],
-        "width": features[schema.WIDTH_KEY],
-        "jpeg_height": header[0],
-        "jpeg_width": header[1],
-        "eighth_height": eighth[0],
-        "eighth_width": eighth[1],
-    }
+    return tf.concat([header[:2], eighth[:2]], axis=0)
 
 
 @dataclasses.dataclass
@@ -197,50 +187,83 @@ class _Shard:
     path: str
     problems: list[Problem] = dataclasses.field(default_factory=list)
     num_read: int = 0
+    # index -> (label, height, width) of each record that parsed
+    labels: dict[int, tuple[int, int, int]] = dataclasses.field(default_factory=dict)
 
 
 def _manifest_reason(records_dir: str, error: Exception) -> str:
     """The problem of a manifest that read_manifest refused."""
     if isinstance(error, FileNotFoundError):
-        where = "" if tf.io.gfile.isdir(records_dir) else " (the folder does not exist)"
+        where = "" if fileio.isdir(records_dir) else " (the folder does not exist)"
         return f"missing{where}: run convert.py first"
     # read_manifest names the manifest's path first; the report names the file.
     return str(error).removeprefix(os.path.join(records_dir, schema.MANIFEST_FILENAME) + ": ")
 
 
-def _check_shards(
-    shards: list[_Shard], manifest: schema.Manifest, decode: bool
-) -> dict[str, dict[int, dict[str, int]]]:
-    """Fills in each shard's problems; returns the values of the records that passed."""
-    for shard in shards:
-        shard.problems = _file_problems(shard)
-    readable = [shard for shard in shards if tf.io.gfile.exists(shard.path)]
-    inspected = _inspect_shards(readable, decode)
-    for shard in readable:
-        shard.problems += _record_problems(shard, inspected.get(shard.path, {}), manifest, decode)
-    return inspected
-
-
 def _file_problems(shard: _Shard) -> list[Problem]:
     """A missing shard file, or one whose size is not the manifest's."""
-    if not tf.io.gfile.exists(shard.path):
+    if not fileio.exists(shard.path):
         return [Problem(shard.info.filename, "missing: the manifest lists it, the folder has no such file")]
-    size = tf.io.gfile.stat(shard.path).length
+    size = fileio.size(shard.path)
     if size != shard.info.num_bytes:
         return [Problem(shard.info.filename, f"{size} bytes, but the manifest says {shard.info.num_bytes}")]
     return []
 
 
-def _inspect_shards(shards: list[_Shard], decode: bool) -> dict[str, dict[int, dict[str, int]]]:
-    """path -> record index -> inspect_record's values, for every record that passed.
+def _read_shard(shard: _Shard, manifest: schema.Manifest) -> None:
+    """Reads one shard record by record: its checksums, records, labels, sizes and count."""
+    filename, expected = shard.info.filename, shard.info.num_examples
+    count = 0
+    try:
+        with fileio.open_file(shard.path) as f:
+            for count, record in enumerate(tfrecord.read_records(f), start=1):
+                index = count - 1
+                try:
+                    values = schema.parse_values(record)
+                except ValueError as e:
+                    shard.problems.append(Problem(filename, f"does not parse: {e}", index))
+                    continue
+                shard.labels[index] = values
+                shard.problems += [Problem(filename, why, index) for why in _value_problems(values, manifest)]
+    except tfrecord.RecordError as e:
+        shard.num_read = e.index
+        if e.partial_length:
+            reason = f"cut short: the shard ends {e.partial_length} bytes into it (the manifest says {expected} records)"
+            shard.problems.append(Problem(filename, reason, e.index))
+        else:
+            shard.problems.append(Problem(filename, f"unreadable: {e}", e.index))
+        return
+    except OSError as e:
+        shard.problems.append(Problem(filename, f"cannot read: {e.strerror or e}"))
+        return
+    shard.num_read = count
+    if count < expected:
+        reason = f"missing: the shard ends here, the manifest says {expected} records"
+        shard.problems.append(Problem(filename, reason, count))
+    elif count > expected:
+        reason = f"extra: the manifest says {expected} records, the shard holds {count}"
+        shard.problems.append(Problem(filename, reason, expected))
 
-    One pass over all shards, decoding in parallel. A record that fails
-    (checksum, parse, decode) is missing from the result, and a checksum
-    failure ends its shard: `_record_problems` reads such a shard again to say
-    why. Without `decode`, the values are only {"length": bytes}.
+
+def _value_problems(values: tuple[int, int, int], manifest: schema.Manifest) -> Iterator[str]:
+    """What is wrong with one parsed record's (label, height, width)."""
+    label, height, width = values
+    if not 0 <= label < manifest.num_classes:
+        yield f"label {label} is not a class index: the manifest has {manifest.num_classes} classes"
+    if manifest.stored_size is not None and (height, width) != tuple(manifest.stored_size):
+        stored_height, stored_width = manifest.stored_size
+        yield f"the image is {height}x{width}, the manifest says all are {stored_height}x{stored_width}"
+
+
+def _decode_images(shards: list[_Shard]) -> None:
+    """Adds the image problems of every parsed record of `shards`, decoding them all in one pass.
+
+    The records' checksums passed already (`_read_shard`); a record whose
+    image fails to decode is dropped by the pass and decoded again alone, for
+    the message.
     """
-    if not shards:
-        return {}
+    import tensorflow as tf  # only this check needs it
+
     paths = [shard.path for shard in shards]
 
     @tf.autograph.experimental.do_not_convert  # plain TF ops: spares autograph's start-up
@@ -248,106 +271,63 @@ def _inspect_shards(shards: list[_Shard], decode: bool) -> dict[str, dict[int, d
         return tf.data.TFRecordDataset(path).enumerate().map(lambda i, record: (path, i, record))
 
     @tf.autograph.experimental.do_not_convert
-    def values(path: tf.Tensor, index: tf.Tensor, record: tf.Tensor) -> tuple:
-        found = inspect_record(record) if decode else {"length": tf.strings.length(record)}
-        return path, index, found
+    def sizes(path: tf.Tensor, index: tf.Tensor, record: tf.Tensor) -> tuple:
+        return path, index, inspect_image(schema.parse_example(record)[schema.IMAGE_KEY])
 
     ds = tf.data.Dataset.from_tensor_slices(paths).interleave(
-        indexed,
-        cycle_length=min(len(paths), _MAX_OPEN_SHARDS),
-        num_parallel_calls=tf.data.AUTOTUNE,
+        indexed, cycle_length=min(len(paths), _MAX_OPEN_SHARDS), num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=False,
     )
-    ds = ds.map(values, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
-    # Whatever fails is dropped here and examined shard by shard afterwards.
-    ds = ds.ignore_errors().batch(_BATCH)
-    found: dict[str, dict[int, dict[str, int]]] = collections.defaultdict(dict)
+    ds = ds.map(sizes, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False).ignore_errors().batch(_BATCH)
+    found: dict[str, dict[int, tuple[int, ...]]] = collections.defaultdict(dict)
     for batch_paths, indices, batch in ds.as_numpy_iterator():
-        for k, (path, index) in enumerate(zip(batch_paths, indices)):
-            found[path.decode()][int(index)] = {key: value[k] for key, value in batch.items()}
-    return found
+        for path, index, row in zip(batch_paths, indices, batch):
+            found[path.decode()][int(index)] = tuple(int(value) for value in row)
+    for shard in shards:
+        decoded = found.get(shard.path, {})
+        failed = sorted(set(shard.labels) - set(decoded))
+        records = _records_at(shard.path, failed) if failed else {}
+        for index, (_, height, width) in shard.labels.items():
+            if index in decoded:
+                why = _image_problem((height, width), decoded[index])
+            else:
+                why = _decode_failure(records[index])
+            if why:
+                shard.problems.append(Problem(shard.info.filename, why, index))
 
 
-def _record_problems(
-    shard: _Shard, found: dict[int, dict[str, int]], manifest: schema.Manifest, decode: bool
-) -> list[Problem]:
-    """The problems of one shard's records, from the values of those that passed."""
-    problems = []
-    if decode:
-        for index, values in found.items():
-            problems += [Problem(shard.info.filename, why, index) for why in _value_problems(values, manifest)]
-    expected = shard.info.num_examples
-    intact = len(found) == expected and (not found or max(found) == expected - 1)
-    shard.num_read = len(found)
-    if intact and not shard.problems:  # so far, only a size that is off
-        return problems
-    # Something failed, or the count or the size is off: read it again, record by record.
-    return problems + _rescan(shard, set(found), decode)
-
-
-def _value_problems(values: dict[str, int], manifest: schema.Manifest) -> Iterator[str]:
-    """What is wrong with one decoded record's values."""
-    label = int(values["label"])
-    if not 0 <= label < manifest.num_classes:
-        yield f"label {label} is not a class index: the manifest has {manifest.num_classes} classes"
-    stored = (int(values["height"]), int(values["width"]))
-    jpeg = (int(values["jpeg_height"]), int(values["jpeg_width"]))
-    eighth = (int(values["eighth_height"]), int(values["eighth_width"]))
+def _image_problem(stored: tuple[int, int], decoded: tuple[int, ...]) -> str | None:
+    """What is wrong with a decoded image against the record's (height, width)."""
+    jpeg, eighth = decoded[:2], decoded[2:]
     if jpeg != stored:
-        yield f"the image is {jpeg[0]}x{jpeg[1]}, the record says {stored[0]}x{stored[1]}"
-    elif eighth != ((stored[0] + 7) // 8, (stored[1] + 7) // 8):  # libjpeg rounds scaled sizes up
-        yield f"the image decodes at 1/8 scale to {eighth[0]}x{eighth[1]}, not to 1/8 of {stored[0]}x{stored[1]}"
-    if manifest.stored_size is not None and stored != tuple(manifest.stored_size):
-        height, width = manifest.stored_size
-        yield f"the image is {stored[0]}x{stored[1]}, the manifest says all are {height}x{width}"
+        return f"the image is {jpeg[0]}x{jpeg[1]}, the record says {stored[0]}x{stored[1]}"
+    if eighth != ((stored[0] + 7) // 8, (stored[1] + 7) // 8):  # libjpeg rounds scaled sizes up
+        return f"the image decodes at 1/8 scale to {eighth[0]}x{eighth[1]}, not to 1/8 of {stored[0]}x{stored[1]}"
+    return None
 
 
-def _rescan(shard: _Shard, passed: set[int], decode: bool) -> list[Problem]:
-    """A shard read record by record: the records that failed and why, its count."""
-    problems = []
-    filename, expected = shard.info.filename, shard.info.num_examples
-    count, consumed = 0, 0
+def _records_at(path: str, indices: list[int]) -> dict[int, bytes]:
+    """index -> bytes of the records at `indices` of a shard whose checksums passed."""
+    wanted = set(indices)
+    with fileio.open_file(path) as f:
+        return {index: record for index, record in enumerate(tfrecord.read_records(f)) if index in wanted}
+
+
+def _decode_failure(record: bytes) -> str:
+    """Why the image of `record` does not decode, decoded again alone for the message."""
+    import tensorflow as tf
+
+    image = schema.parse_example(record)[schema.IMAGE_KEY]
+    if not tf.io.is_jpeg(image):
+        return "the image is not a JPEG"
     try:
-        for record in tf.data.TFRecordDataset(shard.path).as_numpy_iterator():
-            if count not in passed:
-                problems.append(Problem(filename, _failure(record, decode), count))
-            consumed += len(record) + _FRAME_BYTES
-            count += 1
-    except tf.errors.DataLossError as e:
-        shard.num_read = count
-        return problems + [Problem(filename, f"unreadable: {error_text(e)}", count)]
+        inspect_image(image)
     except tf.errors.OpError as e:
-        return problems + [Problem(filename, f"cannot read: {error_text(e)}")]
-    shard.num_read = count
-    extra = tf.io.gfile.stat(shard.path).length - consumed
-    if extra > 0:
-        # TFRecordDataset ends quietly when a shard stops inside a record's length field.
-        reason = f"cut short: the shard ends {extra} bytes into it (the manifest says {expected} records)"
-        problems.append(Problem(filename, reason, count))
-    elif count < expected:
-        reason = f"missing: the shard ends here, the manifest says {expected} records"
-        problems.append(Problem(filename, reason, count))
-    elif count > expected:
-        reason = f"extra: the manifest says {expected} records, the shard holds {count}"
-        problems.append(Problem(filename, reason, expected))
-    return problems
-
-
-def _failure(record: bytes, decode: bool) -> str:
-    """Why inspect_record fails on `record`, run eagerly for the message."""
-    try:
-        if decode and not tf.io.is_jpeg(schema.parse_example(record)[schema.IMAGE_KEY]):
-            return "the image is not a JPEG"
-        if decode:
-            inspect_record(tf.constant(record))
-    except tf.errors.OpError as e:
-        return f"does not parse or decode: {error_text(e)}"
+        return f"does not decode: {error_text(e)}"
     return "failed when read with the others, not when read alone"
 
 
-def _class_count_problems(
-    shards: list[_Shard], manifest: schema.Manifest, inspected: dict[str, dict[int, dict[str, int]]]
-) -> list[Problem]:
+def _class_count_problems(shards: list[_Shard], manifest: schema.Manifest) -> list[Problem]:
     """Per split, the labels' counts against the manifest's class counts.
 
     Only for splits whose shards are otherwise sound: a missing record or a
@@ -358,9 +338,7 @@ def _class_count_problems(
         of_split = [shard for shard in shards if shard.split == name]
         if any(shard.problems for shard in of_split):
             continue
-        labels = collections.Counter(
-            int(values["label"]) for shard in of_split for values in inspected.get(shard.path, {}).values()
-        )
+        labels = collections.Counter(label for shard in of_split for label, _, _ in shard.labels.values())
         counted = {class_name: labels[label] for label, class_name in enumerate(manifest.class_names)}
         stated = {class_name: split.class_counts.get(class_name, 0) for class_name in manifest.class_names}
         if counted != stated:
@@ -384,7 +362,7 @@ def _in_order(shard: _Shard) -> list[Problem]:
     return problems[: MAX_PROBLEMS_PER_SHARD - 1] + [Problem(shard.info.filename, f"and {rest} more problems")]
 
 
-def error_text(error: tf.errors.OpError) -> str:
+def error_text(error) -> str:
     """A TensorFlow error's message without the op, function and iterator names around it.
 
     For a failed check of the reader (pipeline.reader.dataset), that is the check's

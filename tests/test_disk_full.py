@@ -15,34 +15,39 @@ import tensorflow as tf
 
 from model.commands import TRAIN
 from pipeline import fileio
-from pipeline.converter import shards
+from pipeline import schema
 from pipeline.converter.commands import CONVERT
 from support.records import files
 
 
-_TFRecordWriter = tf.io.TFRecordWriter
+_open_file = fileio.open_file
 
 
-class _FullDiskWriter:
-    """tf.io.TFRecordWriter whose disk fills after `room` bytes, as TensorFlow reports it."""
+class _FullDiskFile:
+    """A shard file whose disk fills after `room` bytes, as the OS reports it (ENOSPC)."""
 
     room = 2_000
 
     def __init__(self, path: str):
-        self._writer = _TFRecordWriter(path)
+        self._file = _open_file(path, "wb")
         self._written = 0
 
-    def write(self, record: bytes) -> None:
-        self._written += len(record)
+    def write(self, data: bytes) -> None:
+        self._written += len(data)
         if self._written > self.room:
-            raise tf.errors.ResourceExhaustedError(None, None, "shard: No space left on device")
-        self._writer.write(record)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self._file.write(data)
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        self._writer.close()
+        self._file.close()
+
+
+def _shards_fill_the_disk(path: str, mode: str = "rb"):
+    is_shard = mode == "wb" and f".{schema.FILE_FORMAT}-" in os.path.basename(path)
+    return _FullDiskFile(path) if is_shard else _open_file(path, mode)
 
 
 def _one_error_line(capsys, prog: str) -> str:
@@ -58,7 +63,7 @@ def test_a_conversion_that_fills_the_disk_says_so_and_leaves_the_old_records(
     out = tmp_path / "records"
     assert CONVERT.main(["convert.py", f"--src={split_tree.root}", f"--out={out}", "--workers=1"]) == 0
     before = files(out)
-    monkeypatch.setattr(shards.tf.io, "TFRecordWriter", _FullDiskWriter)
+    monkeypatch.setattr(fileio, "open_file", _shards_fill_the_disk)
     status = CONVERT.main(["convert.py", f"--src={split_tree.root}", f"--out={out}", "--workers=1", "--overwrite"])
     assert status == 1
     line = _one_error_line(capsys, "convert.py")

@@ -109,7 +109,7 @@ def _cut(records):
 
 def _not_an_example(records):
     rewrite_record(records, "train", 2, 1, b"not a record")
-    return [("train", 2, 1, "does not parse or decode: ")]
+    return [("train", 2, 1, "does not parse: ")]
 
 
 def _not_a_jpeg(records):
@@ -120,7 +120,7 @@ def _not_a_jpeg(records):
 def _broken_jpeg(records):
     jpeg = read_features(records, "train", 2, 0)[schema.IMAGE_KEY]
     rewrite_record(records, "train", 2, 0, record_with(records, "train", 2, 0, image=jpeg[: len(jpeg) // 2]))
-    return [("train", 2, 0, "does not parse or decode: ")]
+    return [("train", 2, 0, "does not decode: ")]
 
 
 def _wrong_size(records):
@@ -173,10 +173,18 @@ FAULTS = {
 }
 
 
+# What only decoding the images finds.
+IMAGE_FAULTS = ("image not a JPEG", "JPEG cut in half", "stored size wrong")
+
+
 @pytest.mark.parametrize("fault", sorted(FAULTS))
-def test_each_problem_is_found_where_it_is(damaged, fault):
+@pytest.mark.parametrize("decode", [True, False], ids=["decode", "records"])
+def test_each_problem_is_found_where_it_is(damaged, fault, decode):
     expected = FAULTS[fault](damaged)
-    found = _found(verify.verify_records(str(damaged)))
+    found = _found(verify.verify_records(str(damaged), decode=decode))
+    if not decode and fault in IMAGE_FAULTS:
+        assert found == []
+        return
     assert len(found) == len(expected), found
     for (file, index, reason), (split, k, want_index, want) in zip(found, expected):
         want_file = schema.MANIFEST_FILENAME if split is None else shard_file(damaged, split, k).name
@@ -190,13 +198,14 @@ def test_the_folder_must_exist(tmp_path):
     assert _found(report) == [(schema.MANIFEST_FILENAME, None, reason)]
 
 
-def test_find_damage_checks_files_checksums_and_counts_only(damaged):
-    _bad_label(damaged)
+def test_find_damage_decodes_no_image(damaged):
     _not_a_jpeg(damaged)
     assert verify.find_damage(str(damaged)).ok
     _checksum(damaged)
     _lowered(damaged)
+    _bad_label(damaged)
     assert [(p.file, p.index) for p in verify.find_damage(str(damaged)).problems] == [
+        (shard_file(damaged, "train", 0).name, 2),
         (shard_file(damaged, "train", 1).name, 3),
         (shard_file(damaged, "validation", 0).name, 1),
     ]
@@ -249,8 +258,13 @@ def verify_py(records, tmp_path_factory) -> dict:
     """name -> CompletedProcess of verify.py's main (in this process): on the sound folder, on a damaged copy, without flags."""
     damaged = copy_records(records, tmp_path_factory.mktemp("verify_py") / "records")
     expected = _damage_everywhere(damaged)
-    cases = {"sound": [f"--records={records}"], "damaged": [f"--records={damaged}"], "no flags": []}
-    return {**cli.cases(VERIFY, cases), "damaged_dir": damaged, "expected": expected}
+    image = copy_records(records, tmp_path_factory.mktemp("verify_py") / "image")
+    _broken_jpeg(image)
+    cases = {
+        "sound": [f"--records={records}"], "damaged": [f"--records={damaged}"], "no flags": [],
+        "image": [f"--records={image}"], "image decoded": [f"--records={image}", "--decode"],
+    }
+    return {**cli.cases(VERIFY, cases), "damaged_dir": damaged, "expected": expected, "image_dir": image}
 
 
 def test_verify_py_exits_0_on_a_sound_folder(records, verify_py):
@@ -275,3 +289,11 @@ def test_verify_py_without_records_is_a_one_line_error(verify_py):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("verify.py: error: ")
     assert "records" in result.stderr.strip().splitlines()[-1]
+
+
+def test_verify_py_decodes_the_images_with_decode(verify_py):
+    assert verify_py["image"].returncode == 0, verify_py["image"].stdout
+    result = verify_py["image decoded"]
+    assert result.returncode == 1
+    broken = shard_file(verify_py["image_dir"], "train", 2).name
+    assert f"  {broken}: record 0: does not decode: " in result.stdout, result.stdout

@@ -4,13 +4,13 @@
       -> shard plan                sharding           seeded shuffle, shard names and sizes
       -> decode, normalise         decoders, imaging  worker processes: Pillow decode, RGB JPEG,
                                    duplicates         and each source's fingerprint (SHA-256, pHash)
-      -> encode, write shards      shards             one Example per image, shards in planned order
-           by the local pool       local              (or by Apache Beam: beam)
+      -> encode, write shards      shards             one Example per image, shards in planned order,
+           by the local pool       local              each written whole by a worker (or by Beam: beam)
       -> duplicate pairs           duplicates         in plan order; with drop, later copies skipped
-      -> manifest, report, verify, conversion, out_dir, resume, rules, data_report
-         swap
+      -> manifest, TFDS metadata,  conversion, out_dir, resume, rules, tfds_metadata,
+         report, verify, swap      data_report        (verify: the records, no image decoded again)
     records/                       read by `pipeline.reader` and by TFDS
 
 `conversion.convert_folder(ConversionConfig(...))` runs it; `commands` holds
-convert.py's flags.
+convert.py's flags. A local conversion never imports TensorFlow.
 """

@@ -85,6 +85,12 @@ flags.DEFINE_enum_class(
     "copies, or skip the search.",
     case_sensitive=False, flag_values=FLAGS,
 )
+flags.DEFINE_enum_class(
+    "verify", _DEFAULTS.verify, conversion.Verification,
+    "Check of the new records before they replace anything: records (checksums, counts, labels, "
+    "sizes; each image was decoded when it was converted) or full (every image decoded again).",
+    case_sensitive=False, flag_values=FLAGS,
+)
 flags.DEFINE_boolean(
     "data_report", _DEFAULTS.data_report,
     "Draw data_report.png into --out: class counts per split, image sizes, duplicate pairs.",

@@ -12,7 +12,8 @@ The output folder holds, once conversion has finished::
 Conversion goes through three record types, one per stage: a
 `sources.SourceImage` (a file found), a `imaging.StoredImage` (that file
 decoded and stored as RGB JPEG, in a worker process) and the serialized
-`tf.train.Example` (`schema.serialize_example`, also in the worker).
+`tf.train.Example` (`schema.serialize_example`, also in the worker, which
+writes the shard: `local`). A local conversion never imports TensorFlow.
 
 Everything is written to a scratch folder inside `out` first and renamed into
 place at the end, the manifest last, so an interrupted conversion leaves no
@@ -37,7 +38,6 @@ from typing import Any
 from pipeline import fileio
 from pipeline import schema
 from pipeline import verify
-from pipeline.converter import data_report
 from pipeline.converter import decoders
 from pipeline.converter import duplicates as duplicates_lib
 from pipeline.converter import imaging
@@ -47,6 +47,7 @@ from pipeline.converter import resume as resume_lib
 from pipeline.converter import rules
 from pipeline.converter import sharding
 from pipeline.converter import sources
+from pipeline.converter import tfds_metadata
 
 ConversionError = rules.ConversionError  # what convert_folder raises, defined with the rules
 
@@ -56,6 +57,13 @@ class Runner(str, enum.Enum):
 
     LOCAL = "local"
     BEAM = "beam"
+
+
+class Verification(str, enum.Enum):
+    """What the new records are checked for before they replace anything (`pipeline.verify`)."""
+
+    RECORDS = "records"  # checksums, counts, labels, sizes: what can go wrong after the workers' decode
+    FULL = "full"  # and every image decoded again
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +91,9 @@ class ConversionConfig:
         plan (`resume`); the local runner only.
       duplicates: report the duplicate images found (`duplicates`), drop the
         later copies (the local runner only), or not look for them.
+      verify: the check of the new records before the swap: `RECORDS`
+        (each image was decoded by its worker already; the CRCs prove the
+        bytes on disk are those it wrote), or `FULL`, every image decoded again.
       data_report: draw `data_report.png` into the records (class counts,
         image sizes, duplicate pairs); about half a second of CPU.
       runner: this machine's decoding pool, or Apache Beam (`beam`).
@@ -111,6 +122,7 @@ class ConversionConfig:
     max_pixels: int = imaging.DEFAULT_MAX_PIXELS
     resume: bool = False
     duplicates: duplicates_lib.DuplicateMode = duplicates_lib.DuplicateMode.REPORT
+    verify: Verification = Verification.RECORDS
     data_report: bool = True
     runner: Runner = Runner.LOCAL
     beam_pipeline_options: tuple[str, ...] = ()
@@ -129,7 +141,7 @@ class ConversionConfig:
             value = getattr(self, name)
             if value is not None and not isinstance(value, tuple):
                 object.__setattr__(self, name, tuple(value))  # lists from flags or callers
-        for name, kind in (("runner", Runner), ("duplicates", duplicates_lib.DuplicateMode)):
+        for name, kind in (("runner", Runner), ("duplicates", duplicates_lib.DuplicateMode), ("verify", Verification)):
             try:
                 object.__setattr__(self, name, kind(getattr(self, name)))
             except ValueError:
@@ -177,6 +189,7 @@ class ConversionSummary:
     manifest: schema.Manifest
     seconds: float  # in all, verification included
     verify_seconds: float = 0.0
+    verification: Verification = Verification.RECORDS
     duplicate_mode: duplicates_lib.DuplicateMode = duplicates_lib.DuplicateMode.REPORT
 
     @property
@@ -207,9 +220,15 @@ class ConversionSummary:
         rate = self.num_images / self.seconds if self.seconds > 0 else float("inf")
         lines.append(
             f"  {_megabytes(self.num_bytes)} written in {self.seconds:.1f} s ({rate:.0f} images/s), "
-            f"verified (checksums, counts, images, labels) in {self.verify_seconds:.1f} s"
+            f"verified ({_CHECKED[self.verification]}) in {self.verify_seconds:.1f} s"
         )
         return "\n".join(lines)
+
+
+_CHECKED = {
+    Verification.RECORDS: "checksums, counts, labels, sizes",
+    Verification.FULL: "checksums, counts, labels, sizes, every image decoded",
+}
 
 
 def _megabytes(num_bytes: int) -> str:
@@ -274,9 +293,10 @@ def _write_shards(
         if config.strict:
             rules.check_strict(skipped)
         return written, skipped
-    encode = local.encoder(pool, config.num_workers, config.image_size, config.max_pixels, index is not None)
+    encoding = local.Encoding(config.image_size, config.max_pixels, fingerprint=index is not None)
     return local.write_splits(
-        scan.plans, scan.files, scratch, encode, config.strict, config.show_progress, kept, index
+        scan.plans, scan.files, scratch, pool, config.num_workers, encoding, config.strict, config.show_progress,
+        kept, index,
     )
 
 
@@ -298,12 +318,14 @@ def _finish(
         skipped=tuple(skipped),
         duplicates=tuple(index.pairs) if index else (),
     )
-    out_dir.write_tfds_metadata(scratch, manifest)
+    tfds_metadata.write(scratch, manifest)
     if config.data_report:
+        from pipeline.converter import data_report  # matplotlib: only when it draws
+
         data_report.write(scratch, manifest, index.sizes if index else None)
     schema.write_manifest(scratch, manifest)
     # Checked as a reader will read it before it replaces anything.
-    report = verify.verify_records(scratch)
+    report = verify.verify_records(scratch, decode=config.verify is Verification.FULL)
     if not report.ok:
         raise ConversionError(f"the new records fail verification, nothing was replaced: {report.summary()}")
     out_dir.move_into_place(scratch, config.out)
@@ -366,5 +388,5 @@ def convert_folder(config: ConversionConfig) -> ConversionSummary:
             fileio.remove_empty_folder(config.out)
     return ConversionSummary(
         out=config.out, manifest=manifest, seconds=time.perf_counter() - started, verify_seconds=report.seconds,
-        duplicate_mode=config.duplicates,
+        verification=config.verify, duplicate_mode=config.duplicates,
     )

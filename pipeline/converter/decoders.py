@@ -11,10 +11,13 @@ process. Locally the workers use Pillow only.
 from __future__ import annotations
 
 import collections
+import ctypes
 import itertools
 import multiprocessing
 import multiprocessing.pool
+import os
 import signal
+import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TypeVar
 
@@ -27,19 +30,26 @@ Result = TypeVar("Result")
 # workers: 16 x 4 wrote 960-980 images/s, 4 x 2 700-800 (a worker idled
 # behind the oldest task, which the writer takes first).
 CHUNK = 16
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 CHUNKS_PER_WORKER = 4
 
 
-def _ignore_sigint() -> None:
-    """Pool initializer: Ctrl-C reaches every process of the terminal's group;
+def _worker_start(parent: int) -> None:
+    """Pool initializer. Ctrl-C reaches every process of the terminal's group;
     only the main process acts on it (one line, and it ends the pool), so the
-    decoders do not each print a traceback."""
+    decoders do not each print a traceback. And a decoder ends with the
+    converter, even one killed with SIGKILL, rather than finish its shard."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the converter died before prctl took effect
+        os._exit(1)
 
 
 def fork_pool(workers: int) -> multiprocessing.pool.Pool:
     """`workers` forked decoding processes that ignore Ctrl-C; fork it before any gfile use."""
-    return multiprocessing.get_context("fork").Pool(workers, initializer=_ignore_sigint)
+    return multiprocessing.get_context("fork").Pool(workers, initializer=_worker_start, initargs=(os.getpid(),))
 
 
 def _run_chunk(task: Callable[[Item], Result], items: Sequence[Item]) -> list[Result]:

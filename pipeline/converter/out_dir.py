@@ -30,9 +30,8 @@ from collections.abc import Iterator
 
 from pipeline import fileio
 from pipeline import schema
+from pipeline.converter import tfds_metadata
 
-# What tfds.folder_dataset.write_metadata writes beside the shards.
-TFDS_METADATA_FILES = ("dataset_info.json", "features.json", f"{schema.LABEL_KEY}.labels.txt")
 DATA_REPORT_FILENAME = "data_report.png"  # `data_report`: class counts, image sizes, duplicates
 SCRATCH_PREFIX = ".convert-partial-"
 _SWAP_FILENAME = ".swap.json"  # in a scratch folder whose swap has begun: the new set's file names
@@ -45,7 +44,7 @@ def replaced_files(out: str) -> list[str]:
     return sorted(
         name
         for name in fileio.listdir(out)
-        if name in (schema.MANIFEST_FILENAME, *TFDS_METADATA_FILES, DATA_REPORT_FILENAME) or f".{schema.FILE_FORMAT}-" in name
+        if name in (schema.MANIFEST_FILENAME, *tfds_metadata.FILES, DATA_REPORT_FILENAME) or f".{schema.FILE_FORMAT}-" in name
     )
 
 
@@ -183,68 +182,3 @@ def finish_interrupted_swap(out: str) -> bool:
               file=sys.stderr)
         return True
     return False
-
-
-def write_tfds_metadata(folder: str, manifest: schema.Manifest) -> None:
-    """The TFDS metadata of `manifest`, for tfds.builder_from_directory, into `folder` (local or a URL).
-
-    TFDS writes through etils.epath, which knows gs://, s3:// and az:// but
-    not hdfs://, ram:// or other gfile schemes; for a URL the three small
-    files are made in a local temporary folder (beside empty stand-ins of the
-    shards, whose names TFDS reads) and copied, so every scheme works alike.
-    """
-    if not fileio.is_url(folder):
-        _write_tfds_metadata_here(folder, manifest)
-        return
-    with tempfile.TemporaryDirectory(prefix="tfds-metadata-") as staging:
-        shards = [shard.filename for split in manifest.splits.values() for shard in split.shards]
-        for name in shards:
-            open(os.path.join(staging, name), "wb").close()
-        _write_tfds_metadata_here(staging, manifest)
-        for name in sorted(set(os.listdir(staging)) - set(shards)):
-            fileio.copy(os.path.join(staging, name), f"{folder}/{name}")
-
-
-def tfds_features(manifest: schema.Manifest):
-    """The TFDS `FeaturesDict` of these records, derived from `schema.FEATURES`.
-
-    The image is a TFDS `Image` (JPEG), the label a `ClassLabel` with the
-    manifest's class names; other features follow their dtype.
-    """
-    import numpy as np
-    import tensorflow as tf
-    import tensorflow_datasets as tfds  # heavy: only the metadata needs it
-
-    shape = (*manifest.stored_size, 3) if manifest.stored_size else (None, None, 3)
-    by_key = {
-        schema.IMAGE_KEY: lambda: tfds.features.Image(shape=shape, encoding_format="jpeg"),
-        schema.LABEL_KEY: lambda: tfds.features.ClassLabel(names=list(manifest.class_names)),
-    }
-    by_dtype = {
-        tf.int64: lambda: tfds.features.Scalar(dtype=np.int64),
-        tf.string: tfds.features.Text,
-    }
-    return tfds.features.FeaturesDict(
-        {key: by_key.get(key, by_dtype[dtype])() for key, dtype in schema.FEATURES.items()}
-    )
-
-
-def _write_tfds_metadata_here(records_dir: str, manifest: schema.Manifest) -> None:
-    """`write_tfds_metadata` into a local folder."""
-    import tensorflow_datasets as tfds  # heavy; only the converter needs it
-
-    split_infos = [
-        tfds.core.SplitInfo(
-            name=name,
-            shard_lengths=[shard.num_examples for shard in split.shards],
-            num_bytes=split.num_bytes,
-        )
-        for name, split in manifest.splits.items()
-    ]
-    tfds.folder_dataset.write_metadata(
-        data_dir=records_dir,
-        features=tfds_features(manifest),
-        split_infos=split_infos,
-        check_data=False,
-        description=f"Images converted from {manifest.source} by convert.py.",
-    )

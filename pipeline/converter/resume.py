@@ -180,8 +180,11 @@ def verified_results(
     checks a records folder (`find_damage`: the file's size, its record
     count, every record's CRC), through a provisional manifest of those
     shards. A shard that fails, or has no sidecar, is left to be written
-    again, and its sidecar removed.
+    again, and its sidecar removed; a worker's unfinished file, removed.
     """
+    for name in fileio.listdir(scratch):
+        if name.endswith(shards.PART_SUFFIX):  # a shard the dead run's worker was writing
+            fileio.remove(os.path.join(scratch, name))
     filenames = [filename for plan in plans for filename, _ in plan.shards()]
     results = read_results(scratch, filenames)
     splits = {}

@@ -7,7 +7,11 @@ Both runners write through here, the local pool (`local`) and Apache Beam
                                               the source's fingerprint (`duplicates`)
     [Encoded, ...] in planned order --write_shard--> shard file + ShardResult
                    (with `--duplicates=drop`, a copy of an earlier image is skipped)
+    a shard's SourceImages --write_whole_shard (a worker)--> the same, encoded and written there
     [ShardResult, ...] of a split --gather_split--> schema.SplitInfo + skipped files
+
+Records are framed by `pipeline.tfrecord`, not TensorFlow: workers that write
+shards never import it.
 """
 
 from __future__ import annotations
@@ -17,14 +21,15 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-import tensorflow as tf
-
 from pipeline import fileio
 from pipeline import schema
+from pipeline import tfrecord
 from pipeline.converter import duplicates
 from pipeline.converter import imaging
 from pipeline.converter import sources
 
+# A shard a worker is writing: FILENAME.PID.part, renamed to FILENAME when whole.
+PART_SUFFIX = ".part"
 # A worker's answer for one image: (serialized record, None, fingerprint or
 # None when not asked for) or (None, reason, None).
 Encoded = tuple[bytes | None, str | None, duplicates.Fingerprint | None]
@@ -107,7 +112,7 @@ def write_shard(
     path = os.path.join(folder, filename)
     class_counts = dict.fromkeys(class_names, 0)
     skipped, prints, count = [], [], 0
-    with tf.io.TFRecordWriter(path) as writer:
+    with fileio.open_file(path, "wb") as writer:
         for image in images:
             record, reason, print_ = next(encoded)
             on_image()
@@ -119,11 +124,35 @@ def write_shard(
             if record is None:
                 skipped.append(schema.SkippedFile(image.path, split, reason))
                 continue
-            writer.write(record)
+            writer.write(tfrecord.frame(record))
             class_counts[image.class_name] += 1
             count += 1
     info = schema.ShardInfo(filename, count, fileio.size(path))
     return ShardResult(split, info, class_counts, tuple(skipped), tuple(prints))
+
+
+def write_whole_shard(
+    split: str,
+    filename: str,
+    images: Sequence[sources.SourceImage],
+    folder: str,
+    class_names: Sequence[str],
+    stored_size: tuple[int, int] | None,
+    max_pixels: int = imaging.DEFAULT_MAX_PIXELS,
+    fingerprint: bool = False,
+) -> ShardResult:
+    """Worker task: `write_shard` of `images`, each encoded here (`encode_record`).
+
+    The duplicate search is the caller's, from the result's fingerprints, so
+    no image is dropped here.
+    """
+    encoded = (encode_record(image, stored_size, max_pixels, fingerprint) for image in images)
+    # Written under a name of this process, then renamed: a worker left running
+    # after its launcher was killed never writes into a shard a new run writes.
+    part = f"{filename}.{os.getpid()}{PART_SUFFIX}"
+    result = write_shard(split, part, images, encoded, folder, class_names)
+    fileio.replace(os.path.join(folder, part), os.path.join(folder, filename))
+    return dataclasses.replace(result, info=dataclasses.replace(result.info, filename=filename))
 
 
 def gather_split(
