@@ -215,10 +215,11 @@ def normalize_json(value: Any) -> Any:
     return value
 
 
-def write_json(path: str, data: Any) -> str:
-    """Writes `data` as indented JSON, all or nothing (`write_text`); non-finite
-    floats are written as null. Returns `path`."""
-    return write_text(path, json.dumps(normalize_json(data), indent=2, allow_nan=False) + "\n")
+def write_json(path: str, data: Any, indent: int | None = 2) -> str:
+    """Writes `data` as JSON, all or nothing (`write_text`); non-finite floats
+    are written as null. `indent=None` writes it compact, with json's C
+    encoder (many times faster). Returns `path`."""
+    return write_text(path, json.dumps(normalize_json(data), indent=indent, allow_nan=False) + "\n")
 
 
 def write_text(path: str, text: str) -> str:

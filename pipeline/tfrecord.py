@@ -10,7 +10,8 @@ bytes are those TensorFlow writes, which the tests check against
     encode_example({key: value})  -> serialized Example: bytes as a BytesList, int as an Int64List
     decode_example(serialized)    -> {key: first value}, for Examples of single values
 
-The CRC is CRC-32C, masked as TFRecord specifies, from `google_crc32c` (C code).
+The CRC is CRC-32C, masked as TFRecord specifies, from `google_crc32c` (C code); the
+Example is protobuf's own message class, made from the Example schema.
 """
 
 from __future__ import annotations
@@ -20,16 +21,14 @@ from collections.abc import Iterator, Mapping
 from typing import BinaryIO
 
 import google_crc32c
+from google.protobuf import descriptor_pb2
+from google.protobuf import descriptor_pool
+from google.protobuf import message
+from google.protobuf import message_factory
 
 _LENGTH = struct.Struct("<Q")
 _CRC = struct.Struct("<I")
 _MASK_DELTA = 0xA282EAD8
-# Example's wire format (tensorflow/core/example/{example,feature}.proto): every
-# message here has its payload at field 1, but a Feature, whose kind is its field.
-_MESSAGE = 0x0A  # field 1, length-delimited
-_MAP_VALUE = 0x12  # field 2 of a map entry: the Feature
-_BYTES_LIST = 0x0A  # Feature.bytes_list
-_INT64_LIST = 0x1A  # Feature.int64_list (packed values)
 
 
 class RecordError(ValueError):
@@ -39,8 +38,8 @@ class RecordError(ValueError):
     inside a record's length field (TensorFlow's reader stops there quietly).
     """
 
-    def __init__(self, message: str, index: int, offset: int, partial_length: int = 0):
-        super().__init__(message)
+    def __init__(self, text: str, index: int, offset: int, partial_length: int = 0):
+        super().__init__(text)
         self.index, self.offset, self.partial_length = index, offset, partial_length
 
 
@@ -85,85 +84,60 @@ def read_records(file: BinaryIO) -> Iterator[bytes]:
         index, offset = index + 1, offset + 16 + size
 
 
-def _varint(value: int) -> bytes:
-    value &= 0xFFFFFFFFFFFFFFFF  # int64: a negative value is its two's complement, 10 bytes
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
+def _example_class() -> type:
+    """`tf.train.Example`'s message class, from its schema (tensorflow/core/example/{feature,
+    example}.proto), in a descriptor pool of its own: TensorFlow's, when loaded, is not touched."""
+    fields = descriptor_pb2.FieldDescriptorProto
+    proto = descriptor_pb2.FileDescriptorProto(name="pipeline/example.proto", package="tensorflow", syntax="proto3")
+
+    def message(name: str, *specs: dict, oneof: str | None = None) -> descriptor_pb2.DescriptorProto:
+        added = proto.message_type.add(name=name)
+        if oneof:
+            added.oneof_decl.add(name=oneof)
+        for spec in specs:
+            added.field.add(**{"label": fields.LABEL_OPTIONAL, **spec})
+        return added
+
+    packed = descriptor_pb2.FieldOptions(packed=True)
+    repeated = {"number": 1, "name": "value", "label": fields.LABEL_REPEATED}
+    message("BytesList", {**repeated, "type": fields.TYPE_BYTES})
+    message("FloatList", {**repeated, "type": fields.TYPE_FLOAT, "options": packed})
+    message("Int64List", {**repeated, "type": fields.TYPE_INT64, "options": packed})
+    kinds = ("bytes_list", "BytesList"), ("float_list", "FloatList"), ("int64_list", "Int64List")
+    message("Feature", *(
+        {"name": name, "number": number, "type": fields.TYPE_MESSAGE, "type_name": f".tensorflow.{kind}", "oneof_index": 0}
+        for number, (name, kind) in enumerate(kinds, start=1)
+    ), oneof="kind")
+    features = message("Features", {
+        "name": "feature", "number": 1, "label": fields.LABEL_REPEATED, "type": fields.TYPE_MESSAGE,
+        "type_name": ".tensorflow.Features.FeatureEntry",
+    })
+    entry = features.nested_type.add(name="FeatureEntry", options=descriptor_pb2.MessageOptions(map_entry=True))
+    entry.field.add(name="key", number=1, label=fields.LABEL_OPTIONAL, type=fields.TYPE_STRING)
+    entry.field.add(name="value", number=2, label=fields.LABEL_OPTIONAL, type=fields.TYPE_MESSAGE,
+                    type_name=".tensorflow.Feature")
+    message("Example", {"name": "features", "number": 1, "type": fields.TYPE_MESSAGE, "type_name": ".tensorflow.Features"})
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.Example"))
 
 
-def _delimited(tag: int, payload: bytes) -> bytes:
-    return bytes((tag,)) + _varint(len(payload)) + payload
-
-
-def _feature(value: bytes | int) -> bytes:
-    if isinstance(value, bytes):
-        return _delimited(_BYTES_LIST, _delimited(_MESSAGE, value))
-    if isinstance(value, int):
-        return _delimited(_INT64_LIST, _delimited(_MESSAGE, _varint(value)))
-    raise TypeError(f"a feature value is bytes or int, got {type(value).__name__}")
+_Example = _example_class()
 
 
 def encode_example(features: Mapping[str, bytes | int]) -> bytes:
-    """A serialized `tf.train.Example` of one value per feature, keys in sorted order
-    (as `SerializeToString(deterministic=True)` writes a map)."""
-    entries = b"".join(
-        _delimited(_MESSAGE, _delimited(_MESSAGE, key.encode()) + _delimited(_MAP_VALUE, _feature(features[key])))
-        for key in sorted(features)
-    )
-    return _delimited(_MESSAGE, entries)
-
-
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    value, shift = 0, 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise ValueError("a varint runs past its message")
-        byte = data[pos]
-        value |= (byte & 0x7F) << shift
-        pos += 1
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-
-
-def _fields(data: bytes) -> Iterator[tuple[int, int | bytes]]:
-    """(tag, value) of each field of a message: an int for varints, bytes for the rest."""
-    pos = 0
-    while pos < len(data):
-        tag, pos = _read_varint(data, pos)
-        kind = tag & 7
-        if kind == 0:
-            value, pos = _read_varint(data, pos)
-        elif kind == 2:
-            size, pos = _read_varint(data, pos)
-            if pos + size > len(data):
-                raise ValueError("a field runs past its message")
-            value, pos = data[pos : pos + size], pos + size
-        elif kind in (1, 5):
-            width = 8 if kind == 1 else 4
-            value, pos = data[pos : pos + width], pos + width
+    """A serialized `tf.train.Example` of one value per feature: bytes as a BytesList, int as an
+    Int64List; map keys sorted (`deterministic=True`), so every process writes the same bytes."""
+    example = _Example()
+    for key, value in features.items():
+        feature = example.features.feature[key]
+        if isinstance(value, bytes):
+            feature.bytes_list.value.append(value)
+        elif isinstance(value, int):
+            feature.int64_list.value.append(value)
         else:
-            raise ValueError(f"wire type {kind} is not in an Example")
-        yield tag, value
-
-
-def _first_value(feature: bytes) -> bytes | int | None:
-    for tag, payload in _fields(feature):
-        if tag not in (_BYTES_LIST, _INT64_LIST) or not isinstance(payload, bytes):
-            continue
-        for value_tag, value in _fields(payload):
-            if tag == _BYTES_LIST and value_tag == _MESSAGE:
-                return value
-            if tag == _INT64_LIST and value_tag == _MESSAGE and isinstance(value, bytes):  # packed
-                number = _read_varint(value, 0)[0] if value else None
-                return None if number is None else number - (1 << 64) * (number >> 63)
-            if tag == _INT64_LIST and value_tag == 0x08:  # one unpacked value
-                return value - (1 << 64) * (value >> 63)
-    return None
+            raise TypeError(f"a feature value is bytes or int, got {type(value).__name__}")
+    return example.SerializeToString(deterministic=True)
 
 
 def decode_example(serialized: bytes) -> dict[str, bytes | int | None]:
@@ -172,18 +146,13 @@ def decode_example(serialized: bytes) -> dict[str, bytes | int | None]:
     Raises:
       ValueError: `serialized` is not an Example.
     """
+    try:
+        example = _Example.FromString(serialized)
+    except message.DecodeError as e:
+        raise ValueError(f"not an Example: {e}") from None
     found: dict[str, bytes | int | None] = {}
-    for tag, features in _fields(serialized):
-        if tag != _MESSAGE or not isinstance(features, bytes):
-            continue
-        for entry_tag, entry in _fields(features):
-            if entry_tag != _MESSAGE or not isinstance(entry, bytes):
-                continue
-            key, feature = b"", b""
-            for field_tag, value in _fields(entry):
-                if field_tag == _MESSAGE and isinstance(value, bytes):
-                    key = value
-                elif field_tag == _MAP_VALUE and isinstance(value, bytes):
-                    feature = value
-            found[key.decode("utf-8", "replace")] = _first_value(feature)
+    for key, feature in example.features.feature.items():
+        kind = feature.WhichOneof("kind")
+        values = getattr(feature, kind).value if kind else ()
+        found[key] = values[0] if values and kind != "float_list" else None
     return found

@@ -130,7 +130,7 @@ def verify_records(records_dir: str, decode: bool = False) -> VerifyReport:
     for shard in shards:
         shard.problems = _file_problems(shard)
         if fileio.exists(shard.path):
-            _read_shard(shard, manifest)
+            _read_shard(shard, manifest.num_classes, manifest.stored_size)
     if decode:
         _decode_images([shard for shard in shards if shard.labels])
     problems = [problem for shard in shards for problem in _in_order(shard)]
@@ -210,7 +210,7 @@ def _file_problems(shard: _Shard) -> list[Problem]:
     return []
 
 
-def _read_shard(shard: _Shard, manifest: schema.Manifest) -> None:
+def _read_shard(shard: _Shard, num_classes: int, stored_size: tuple[int, int] | None) -> None:
     """Reads one shard record by record: its checksums, records, labels, sizes and count."""
     filename, expected = shard.info.filename, shard.info.num_examples
     count = 0
@@ -224,7 +224,9 @@ def _read_shard(shard: _Shard, manifest: schema.Manifest) -> None:
                     shard.problems.append(Problem(filename, f"does not parse: {e}", index))
                     continue
                 shard.labels[index] = values
-                shard.problems += [Problem(filename, why, index) for why in _value_problems(values, manifest)]
+                shard.problems += [
+                    Problem(filename, why, index) for why in _value_problems(values, num_classes, stored_size)
+                ]
     except tfrecord.RecordError as e:
         shard.num_read = e.index
         if e.partial_length:
@@ -245,14 +247,15 @@ def _read_shard(shard: _Shard, manifest: schema.Manifest) -> None:
         shard.problems.append(Problem(filename, reason, expected))
 
 
-def _value_problems(values: tuple[int, int, int], manifest: schema.Manifest) -> Iterator[str]:
+def _value_problems(
+    values: tuple[int, int, int], num_classes: int, stored_size: tuple[int, int] | None
+) -> Iterator[str]:
     """What is wrong with one parsed record's (label, height, width)."""
     label, height, width = values
-    if not 0 <= label < manifest.num_classes:
-        yield f"label {label} is not a class index: the manifest has {manifest.num_classes} classes"
-    if manifest.stored_size is not None and (height, width) != tuple(manifest.stored_size):
-        stored_height, stored_width = manifest.stored_size
-        yield f"the image is {height}x{width}, the manifest says all are {stored_height}x{stored_width}"
+    if not 0 <= label < num_classes:
+        yield f"label {label} is not a class index: the manifest has {num_classes} classes"
+    if stored_size is not None and (height, width) != tuple(stored_size):
+        yield f"the image is {height}x{width}, the manifest says all are {stored_size[0]}x{stored_size[1]}"
 
 
 def _decode_images(shards: list[_Shard]) -> None:

@@ -43,16 +43,13 @@ def test_examples_are_the_bytes_tensorflow_serializes_and_parse_back():
         assert int(parsed[schema.LABEL_KEY]) == values[schema.LABEL_KEY]
 
 
-def test_decode_reads_unpacked_int64_lists_and_ignores_other_features():
+def test_decode_takes_each_features_first_value():
     example = tf.train.Example()
     example.features.feature["n"].int64_list.value.extend([5, 6])
     example.features.feature["f"].float_list.value.append(1.5)
     example.features.feature["empty"].bytes_list.SetInParent()
-    # Unpacked: field 1 of Int64List as a varint (what a non-packing writer emits).
-    unpacked = tfrecord._delimited(0x1A, b"\x08\x07")  # noqa: SLF001 - the wire format under test
-    entry = tfrecord._delimited(0x0A, b"u") + tfrecord._delimited(0x12, unpacked)  # noqa: SLF001
-    serialized = example.SerializeToString() + tfrecord._delimited(0x0A, tfrecord._delimited(0x0A, entry))  # noqa: SLF001
-    assert tfrecord.decode_example(serialized) == {"n": 5, "f": None, "empty": None, "u": 7}
+    example.features.feature["none"].SetInParent()
+    assert tfrecord.decode_example(example.SerializeToString()) == {"n": 5, "f": None, "empty": None, "none": None}
 
 
 @pytest.mark.parametrize("damage", [b"not a record", b"\x0a\x05ab", b"\x0f"])

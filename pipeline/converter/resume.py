@@ -105,7 +105,8 @@ def read_plan(scratch: str) -> Plan | None:
 
 def write_result(scratch: str, result: shards.ShardResult) -> None:
     """The sidecar of a shard just closed: from now on the shard counts as finished."""
-    fileio.write_json(_bookkeeping(scratch, result.info.filename + ".json"), result.to_json())
+    # Compact: a sidecar holds a fingerprint per image, and no one reads it but --resume.
+    fileio.write_json(_bookkeeping(scratch, result.info.filename + ".json"), result.to_json(), indent=None)
 
 
 def read_results(scratch: str, filenames: Iterable[str]) -> dict[str, shards.ShardResult]:
