@@ -307,6 +307,7 @@ def _finish(
     written: dict[str, schema.SplitInfo],
     skipped: Sequence[schema.SkippedFile],
     index: duplicates_lib.DuplicateIndex | None,
+    pool: multiprocessing.pool.Pool | None,
 ) -> tuple[schema.Manifest, verify.VerifyReport]:
     """Writes the manifest, TFDS metadata and data report, verifies the new set, and swaps it into `out`."""
     manifest = schema.Manifest(
@@ -319,17 +320,28 @@ def _finish(
         duplicates=tuple(index.pairs) if index else (),
     )
     tfds_metadata.write(scratch, manifest)
+    drawing = None
     if config.data_report:
-        from pipeline.converter import data_report  # matplotlib: only when it draws
-
-        data_report.write(scratch, manifest, index.sizes if index else None)
+        report_args = (scratch, manifest, index.sizes if index else None)
+        if pool is None or fileio.is_url(scratch):
+            _draw_data_report(*report_args)
+        else:  # in a worker, beside the verification: matplotlib's import and the drawing take a second
+            drawing = pool.apply_async(_draw_data_report, report_args)
     schema.write_manifest(scratch, manifest)
     # Checked as a reader will read it before it replaces anything.
     report = verify.verify_records(scratch, decode=config.verify is Verification.FULL)
+    if drawing is not None:
+        drawing.get()
     if not report.ok:
         raise ConversionError(f"the new records fail verification, nothing was replaced: {report.summary()}")
     out_dir.move_into_place(scratch, config.out)
     return manifest, report
+
+
+def _draw_data_report(folder: str, manifest: schema.Manifest, sizes) -> None:
+    from pipeline.converter import data_report  # matplotlib: only where it draws
+
+    data_report.write(folder, manifest, sizes)
 
 
 _OUT_HELD = "wait for that conversion to end, or pass another --out"
@@ -369,7 +381,7 @@ def convert_folder(config: ConversionConfig) -> ConversionSummary:
         if config.duplicates is not duplicates_lib.DuplicateMode.OFF:
             index = duplicates_lib.DuplicateIndex(drop=config.duplicates is duplicates_lib.DuplicateMode.DROP)
         written, skipped = _write_shards(config, scan, scratch, kept, pool, index)
-        manifest, report = _finish(config, scan, scratch, written, skipped, index)
+        manifest, report = _finish(config, scan, scratch, written, skipped, index, pool)
     except Exception as e:
         if not fileio.is_disk_full(e):
             raise
