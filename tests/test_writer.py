@@ -151,6 +151,23 @@ def test_summary_format_reports_splits_and_classes(split_records):
     assert re.search(r"skipped\s+0 files", text)
 
 
+def test_verify_full_decodes_every_image_again(split_tree, tmp_path, monkeypatch):
+    asked, verify_records = [], conversion.verify.verify_records
+
+    def recorded(records_dir, decode=False):
+        asked.append(decode)
+        return verify_records(records_dir, decode=decode)
+
+    monkeypatch.setattr(conversion.verify, "verify_records", recorded)
+    records = convert(split_tree.root, tmp_path / "records", num_shards=1)
+    full = convert(split_tree.root, tmp_path / "full", num_shards=1, verify="full")
+    assert asked == [False, True]
+    assert "verified (checksums, counts, labels, sizes) in" in records.format()
+    assert "verified (checksums, counts, labels, sizes, images) in" in full.format()
+    with pytest.raises(conversion.ConversionError, match="--verify must be records or full, got 'all'"):
+        conversion.ConversionConfig(str(split_tree.root), verify="all")
+
+
 def test_classes_argument_sets_the_labels(split_tree, tmp_path):
     summary = convert(split_tree.root, tmp_path / "records", classes=["dogs", "cats"], num_shards=1)
     assert summary.manifest.class_names == ("dogs", "cats")

@@ -218,17 +218,12 @@ class ConversionSummary:
         if self.duplicate_mode is not duplicates_lib.DuplicateMode.OFF:
             lines += duplicates_lib.summary_lines(self.manifest.duplicates, self.duplicate_mode)
         rate = self.num_images / self.seconds if self.seconds > 0 else float("inf")
+        checked = "checksums, counts, labels, sizes" + (", images" if self.verification is Verification.FULL else "")
         lines.append(
             f"  {_megabytes(self.num_bytes)} written in {self.seconds:.1f} s ({rate:.0f} images/s), "
-            f"verified ({_CHECKED[self.verification]}) in {self.verify_seconds:.1f} s"
+            f"verified ({checked}) in {self.verify_seconds:.1f} s"
         )
         return "\n".join(lines)
-
-
-_CHECKED = {
-    Verification.RECORDS: "checksums, counts, labels, sizes",
-    Verification.FULL: "checksums, counts, labels, sizes, every image decoded",
-}
 
 
 def _megabytes(num_bytes: int) -> str:
