@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import socket
+import sys
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -44,10 +45,14 @@ def _gfile():
     return tf.io.gfile
 
 
-def _op_error():
-    import tensorflow as tf
+class _NotRaised(Exception):
+    """What `_op_error` names when TensorFlow is not loaded: nothing raises it."""
 
-    return tf.errors.OpError
+
+def _op_error() -> type[Exception]:
+    """TensorFlow's OpError, to catch; TensorFlow is not imported for it (gfile's callers load it)."""
+    tf = sys.modules.get("tensorflow")
+    return tf.errors.OpError if tf is not None else _NotRaised
 
 
 def absolute(path: str) -> str:
@@ -342,9 +347,8 @@ def is_disk_full(error: BaseException) -> bool:
     limit, or TensorFlow's ResourceExhaustedError for the same."""
     if isinstance(error, OSError):
         return error.errno in _FULL
-    import tensorflow as tf  # only TensorFlow's own errors are left to tell
-
-    return isinstance(error, tf.errors.ResourceExhaustedError) and any(
+    tf = sys.modules.get("tensorflow")  # only its own errors are left to tell: none if it is not loaded
+    return tf is not None and isinstance(error, tf.errors.ResourceExhaustedError) and any(
         words in str(error) for words in ("No space left", "quota", "File too large")
     )
 
