@@ -224,7 +224,11 @@ def write_json(path: str, data: Any, indent: int | None = 2) -> str:
     """Writes `data` as JSON, all or nothing (`write_text`); non-finite floats
     are written as null. `indent=None` writes it compact, with json's C
     encoder (many times faster). Returns `path`."""
-    return write_text(path, json.dumps(normalize_json(data), indent=indent, allow_nan=False) + "\n")
+    try:
+        text = json.dumps(data, indent=indent, allow_nan=False)
+    except ValueError:  # a NaN or an infinity: walk the data only then
+        text = json.dumps(normalize_json(data), indent=indent, allow_nan=False)
+    return write_text(path, text + "\n")
 
 
 def write_text(path: str, text: str) -> str:
