@@ -21,12 +21,13 @@ from PIL import Image, PngImagePlugin
 from support import processes
 from support.cli import cases as cli_cases
 from support.images import COLOUR_TOLERANCE, PALETTE, decode_jpeg, make_image_tree, mean_colour, save_image
-from support.records import convert, count_records, read_records
+from support.records import convert, count_records, files, read_records
 from pipeline import schema
 from pipeline.converter import conversion
 from pipeline.converter import decoders
 from pipeline.converter import out_dir
 from pipeline.converter import sharding
+from pipeline.converter import shards
 from pipeline.converter import sources
 from pipeline.converter import tfds_metadata
 from pipeline.converter.commands import CONVERT
@@ -166,6 +167,23 @@ def test_verify_full_decodes_every_image_again(split_tree, tmp_path, monkeypatch
     assert "verified (checksums, counts, labels, sizes, images) in" in full.format()
     with pytest.raises(conversion.ConversionError, match="--verify must be records or full, got 'all'"):
         conversion.ConversionConfig(str(split_tree.root), verify="all")
+
+
+def test_the_last_shards_written_in_pieces_are_the_same_bytes(split_tree, tmp_path, monkeypatch):
+    """9 shards for 2 workers: the last goes out as 2 pieces, joined into the same bytes."""
+    whole = convert(split_tree.root, tmp_path / "whole", num_shards=3)
+    joined, join_pieces = [], shards.join_pieces
+
+    def recorded(folder, filename, pieces):
+        joined.append((filename, len(pieces)))
+        return join_pieces(folder, filename, pieces)
+
+    monkeypatch.setattr(shards, "join_pieces", recorded)
+    monkeypatch.setattr(decoders, "fork_pool", lambda workers: None)  # the pieces, in turn, in this process
+    pieces = convert(split_tree.root, tmp_path / "pieces", num_shards=3, workers=2)
+    assert joined == [(whole.manifest.splits["test"].shards[-1].filename, 2)]
+    assert files(tmp_path / "pieces") == files(tmp_path / "whole")
+    assert pieces.manifest == whole.manifest
 
 
 def test_classes_argument_sets_the_labels(split_tree, tmp_path):

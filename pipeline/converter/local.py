@@ -7,6 +7,9 @@ results in planned order (the launcher stays off the critical path):
     shards still to write --pool.imap(shards.write_whole_shard)--> scratch/<shard>, ShardResult
       --in planned order--> the duplicate search (`duplicates`), the shard's sidecar (`resume`)
 
+The last shards (as many as are left over when the shards are dealt out to the
+workers) go out in a piece per worker, joined into the shard here.
+
 With `--duplicates=drop` (whether an image is written depends on every image
 before it) or a URL output (the workers stay free of TensorFlow's
 filesystems), the workers only encode and this process writes:
@@ -51,27 +54,57 @@ class Encoding:
 
 @dataclasses.dataclass(frozen=True)
 class _Job:
-    """One shard to write."""
+    """One shard to write, or one of its `pieces` (a worker's task)."""
 
     split: str
     filename: str
     images: Sequence[sources.SourceImage]
+    piece: int = 0
+    pieces: int = 1
 
 
-def _whole_shard(job: _Job, folder: str, class_names: Sequence[str], encoding: Encoding) -> shards.ShardResult:
+def _in_pieces(job: _Job, count: int) -> list[_Job]:
+    """`job` as `count` tasks of consecutive images."""
+    bounds = [len(job.images) * k // count for k in range(count + 1)]
+    return [
+        _Job(job.split, job.filename, job.images[bounds[k] : bounds[k + 1]], k, count) for k in range(count)
+    ]
+
+
+def _tasks(jobs: Sequence[_Job], workers: int) -> list[_Job]:
+    """The jobs as tasks: whole shards, but the last `len(jobs) % workers` each in `workers` pieces,
+    so that no worker idles while another writes the last shard alone."""
+    tail = len(jobs) % workers if len(jobs) > workers else 0
+    whole = list(jobs[: len(jobs) - tail])
+    return whole + [piece for job in jobs[len(jobs) - tail :] for piece in _in_pieces(job, workers)]
+
+
+def _write_task(job: _Job, folder: str, class_names: Sequence[str], encoding: Encoding) -> shards.ShardResult:
+    name = job.filename if job.pieces == 1 else shards.piece_name(job.filename, job.piece)
     return shards.write_whole_shard(
-        job.split, job.filename, job.images, folder, class_names, encoding.stored_size, encoding.max_pixels,
+        job.split, name, job.images, folder, class_names, encoding.stored_size, encoding.max_pixels,
         encoding.fingerprint,
     )
 
 
 def _by_workers(
-    jobs: Sequence[_Job], pool: multiprocessing.pool.Pool | None, folder: str, class_names: Sequence[str],
-    encoding: Encoding,
+    jobs: Sequence[_Job], pool: multiprocessing.pool.Pool | None, workers: int, folder: str,
+    class_names: Sequence[str], encoding: Encoding,
 ) -> Iterator[shards.ShardResult]:
-    """Each job's shard written by a worker (or here, without a pool), results in order."""
-    task = functools.partial(_whole_shard, folder=folder, class_names=class_names, encoding=encoding)
-    return pool.imap(task, jobs, chunksize=1) if pool is not None else map(task, jobs)
+    """Each job's shard written by the workers (or here, without a pool), results in order."""
+    task = functools.partial(_write_task, folder=folder, class_names=class_names, encoding=encoding)
+    tasks = _tasks(jobs, workers)
+    results = pool.imap(task, tasks, chunksize=1) if pool is not None else map(task, tasks)
+    pieces: list[shards.ShardResult] = []
+    for task_ in tasks:
+        result = next(results)
+        if task_.pieces == 1:
+            yield result
+            continue
+        pieces.append(result)
+        if task_.piece == task_.pieces - 1:
+            yield shards.join_pieces(folder, task_.filename, pieces)
+            pieces = []
 
 
 def _here(
@@ -119,7 +152,7 @@ def write_splits(
         if here:
             written = _here(jobs, pool, workers, scratch, scan.class_names, encoding, index, bar)
         else:
-            written = _by_workers(jobs, pool, scratch, scan.class_names, encoding)
+            written = _by_workers(jobs, pool, workers, scratch, scan.class_names, encoding)
         for plan in plans:
             results = []
             for filename, images in plan.shards():

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -30,6 +31,7 @@ from pipeline.converter import sources
 
 # A shard a worker is writing: FILENAME.PID.part, renamed to FILENAME when whole.
 PART_SUFFIX = ".part"
+_COPY_BYTES = 1 << 20
 # A worker's answer for one image: (serialized record, None, fingerprint or
 # None when not asked for) or (None, reason, None).
 Encoded = tuple[bytes | None, str | None, duplicates.Fingerprint | None]
@@ -153,6 +155,33 @@ def write_whole_shard(
     result = write_shard(split, part, images, encoded, folder, class_names)
     fileio.replace(os.path.join(folder, part), os.path.join(folder, filename))
     return dataclasses.replace(result, info=dataclasses.replace(result.info, filename=filename))
+
+
+def piece_name(filename: str, piece: int) -> str:
+    """The file a worker writes piece `piece` of shard `filename` to (`join_pieces` joins them)."""
+    return f"{filename}.{piece}{PART_SUFFIX}"
+
+
+def join_pieces(folder: str, filename: str, pieces: Sequence[ShardResult]) -> ShardResult:
+    """The shard `filename` from its pieces' files, in order, and their results as one.
+
+    A TFRecord file is its records one after another, so the pieces' bytes
+    appended in order are the bytes of the shard written whole.
+    """
+    first = os.path.join(folder, pieces[0].info.filename)
+    with fileio.open_file(first, "ab") as out:
+        for piece in pieces[1:]:
+            path = os.path.join(folder, piece.info.filename)
+            with fileio.open_file(path) as f:
+                shutil.copyfileobj(f, out, _COPY_BYTES)
+            fileio.remove(path)
+    fileio.replace(first, os.path.join(folder, filename))
+    class_counts = {name: sum(piece.class_counts[name] for piece in pieces) for name in pieces[0].class_counts}
+    info = schema.ShardInfo(filename, sum(p.info.num_examples for p in pieces), sum(p.info.num_bytes for p in pieces))
+    return ShardResult(
+        pieces[0].split, info, class_counts, tuple(skip for p in pieces for skip in p.skipped),
+        tuple(print_ for p in pieces for print_ in p.fingerprints),
+    )
 
 
 def gather_split(
