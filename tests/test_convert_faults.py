@@ -11,8 +11,10 @@ from __future__ import annotations
 import io
 import os
 import signal
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 from PIL import Image
 
@@ -159,6 +161,36 @@ def test_ctrl_c_prints_one_line_and_leaves_nothing(big_tree, tmp_path):
     assert processes.our_lines(stderr) == ["convert.py: interrupted"], stderr
     assert "Traceback" not in stderr
     assert not out.exists()  # it made --out: no shards, no manifest, no scratch, no folder
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_kill_9_ends_the_decoders_too(big_tree, tmp_path):
+    """The decoders write shards themselves: killed with the converter, none goes on writing one."""
+    out = tmp_path / "records"
+    proc = _big_run(big_tree, out, "--workers=2")
+    writing = lambda: any(name.endswith(".part") for p in _scratch_folders(out) for name in os.listdir(p))  # noqa: E731
+    processes.wait_until(proc, writing, "a decoder writing a shard")
+    decoders = [child.pid for child in psutil.Process(proc.pid).children()]
+    assert len(decoders) == 2
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    (scratch,) = _scratch_folders(out)
+    left = _sizes(scratch)  # a decoder left running would finish its shard and rename it
+    deadline = time.monotonic() + processes.PATIENCE
+    while any(_alive(pid) for pid in decoders) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not any(_alive(pid) for pid in decoders)
+    assert _sizes(scratch) == left and any(name.endswith(".part") for name in left)
+
+
+def _sizes(folder: Path) -> dict[str, int]:
+    return {name: os.path.getsize(folder / name) for name in os.listdir(folder)}
 
 
 # Where a kill -9 lands: a point the run reaches on disk.
