@@ -10,7 +10,12 @@ import pytest
 from pipeline import schema
 from pipeline.converter import tfds_metadata
 
-tfds = pytest.importorskip("tensorflow_datasets")
+
+
+@pytest.fixture(scope="module")
+def tfds():
+    """TFDS, imported only where it is compared with (a second of every collection otherwise)."""
+    return pytest.importorskip("tensorflow_datasets")
 
 
 def _manifest(stored_size) -> schema.Manifest:
@@ -32,7 +37,7 @@ def _manifest(stored_size) -> schema.Manifest:
     )
 
 
-def _tfds_writes(folder, manifest: schema.Manifest) -> None:
+def _tfds_writes(tfds, folder, manifest: schema.Manifest) -> None:
     """tfds.folder_dataset.write_metadata of the same manifest, features from schema.FEATURES."""
     shape = (*manifest.stored_size, 3) if manifest.stored_size else (None, None, 3)
     by_key = {
@@ -59,12 +64,12 @@ def _tfds_writes(folder, manifest: schema.Manifest) -> None:
 
 
 @pytest.mark.parametrize("stored_size", [None, (150, 120)])
-def test_the_files_are_those_tfds_writes(tmp_path, stored_size):
+def test_the_files_are_those_tfds_writes(tfds, tmp_path, stored_size):
     manifest = _manifest(stored_size)
     (tmp_path / "ours").mkdir()
     (tmp_path / "tfds").mkdir()
     tfds_metadata.write(str(tmp_path / "ours"), manifest)
-    _tfds_writes(tmp_path / "tfds", manifest)
+    _tfds_writes(tfds, tmp_path / "tfds", manifest)
     for name in tfds_metadata.FILES:
         assert (tmp_path / "ours" / name).read_bytes() == (tmp_path / "tfds" / name).read_bytes(), name
     assert sorted(p.name for p in (tmp_path / "tfds").iterdir() if ".tfrecord-" not in p.name) == sorted(
