@@ -128,8 +128,7 @@ def verify_records(records_dir: str, decode: bool = False) -> VerifyReport:
         for info in split.shards
     ]
     for shard in shards:
-        shard.problems = _file_problems(shard)
-        if fileio.exists(shard.path):
+        if _file_checked(shard):
             _read_shard(shard, manifest.num_classes, manifest.stored_size)
     if decode:
         _decode_images([shard for shard in shards if shard.labels])
@@ -200,14 +199,15 @@ def _manifest_reason(records_dir: str, error: Exception) -> str:
     return str(error).removeprefix(os.path.join(records_dir, schema.MANIFEST_FILENAME) + ": ")
 
 
-def _file_problems(shard: _Shard) -> list[Problem]:
-    """A missing shard file, or one whose size is not the manifest's."""
+def _file_checked(shard: _Shard) -> bool:
+    """Notes a missing shard file, or one whose size is not the manifest's; whether the file is there."""
     if not fileio.exists(shard.path):
-        return [Problem(shard.info.filename, "missing: the manifest lists it, the folder has no such file")]
+        shard.problems.append(Problem(shard.info.filename, "missing: the manifest lists it, the folder has no such file"))
+        return False
     size = fileio.size(shard.path)
     if size != shard.info.num_bytes:
-        return [Problem(shard.info.filename, f"{size} bytes, but the manifest says {shard.info.num_bytes}")]
-    return []
+        shard.problems.append(Problem(shard.info.filename, f"{size} bytes, but the manifest says {shard.info.num_bytes}"))
+    return True
 
 
 def _read_shard(shard: _Shard, num_classes: int, stored_size: tuple[int, int] | None) -> None:
