@@ -18,7 +18,6 @@ import os
 import keras
 import numpy as np
 import tensorflow as tf
-from scipy import stats
 
 from pipeline import fileio
 from pipeline import plots
@@ -98,6 +97,9 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     positives, negatives = int((labels == 1).sum()), int((labels == 0).sum())
     if not positives or not negatives:
         return float("nan")
+    # Imported here: scipy.stats is a second of start-up for every train.py, and only the AUC uses it.
+    from scipy import stats
+
     ranks = stats.rankdata(scores)  # tied scores share their mean rank
     return float((ranks[labels == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 

@@ -36,7 +36,7 @@ def split_records(split_tree, tmp_path_factory):
     return out, summary
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def finished_run(split_records, tmp_path_factory):
     """(train.py command line, model_dir) of a finished one-epoch run on `split_records`."""
     from model.commands import TRAIN
@@ -51,8 +51,11 @@ def finished_run(split_records, tmp_path_factory):
 
 @pytest.fixture
 def run(finished_run, tmp_path):
-    """A copy of `finished_run` to change: (its command line, pointing at the copy, the copy)."""
+    """A copy of `finished_run` to change: (its command line, pointing at the copy, the copy).
+
+    The command line adds --noexport: the tests that continue the copy read no export.
+    """
     argv, model_dir = finished_run
     copy = tmp_path / "run"
     shutil.copytree(model_dir, copy)
-    return [arg.replace(str(model_dir), str(copy)) for arg in argv], copy
+    return [*(arg.replace(str(model_dir), str(copy)) for arg in argv), "--noexport"], copy

@@ -12,14 +12,11 @@ from __future__ import annotations
 import json
 import random
 import re
-import sys
-import traceback
 from pathlib import Path
 
 import pytest
 import tensorflow as tf
 
-from support import processes
 from support.damage import (
     copy_records,
     cut_shard,
@@ -238,17 +235,13 @@ def test_a_damaged_manifest_is_one_value_error_naming_it(records, tmp_path, dama
 def test_fuzzed_folders_fail_clearly_or_read_whole(records, tmp_path):
     """Each case changes 1-3 random bytes of a shard or of manifest.json. Reading
     must raise a clear error or give exactly the manifest's examples; verify
-    must name a flipped shard and the record. All cases run in one child
-    process, so that a crash or a hang fails the test instead of the run."""
+    must name a flipped shard and the record. (Under xdist, as the README runs
+    the suite, a crash would end only this test's worker and fail this test.)"""
     manifest = schema.read_manifest(str(records))
     sizes = {split: info.num_examples for split, info in manifest.splits.items()}
-    child = processes.run(__file__, records, tmp_path, FUZZ_SEED, FUZZ_CASES, timeout=240,
-                          environment=processes.env(TF_CPP_MIN_LOG_LEVEL="3"))
-    cases = [json.loads(line) for line in child.stdout.splitlines() if line.startswith("{")]
-    assert child.returncode == 0, (child.returncode, cases[-1:], child.stderr[-3000:])
-    assert len(cases) == FUZZ_CASES
+    rng = random.Random(FUZZ_SEED)
+    cases = [_fuzz_case(records, tmp_path, rng, number) for number in range(FUZZ_CASES)]
     for case in cases:
-        assert "crash" not in case, case
         reads = case["reads"].values()
         for split, read in case["reads"].items():
             if read["kind"] == "ok":  # all the examples, no more
@@ -319,18 +312,3 @@ def _fuzz_read(records: Path, split: str) -> dict:
             read["damage"] = [problem.format() for problem in verify.find_damage(str(records)).problems]
         return read
     return {"kind": "ok", "count": len(labels), "labels_ok": all(0 <= label < 2 for label in labels)}
-
-
-def _fuzz_main(records: str, work: str, seed: str, count: str) -> None:
-    """The child process: one JSON line per case."""
-    rng = random.Random(int(seed))
-    for number in range(int(count)):
-        try:
-            case = _fuzz_case(Path(records), Path(work), rng, number)
-        except Exception:  # noqa: BLE001 - reported to the parent, which fails
-            case = {"number": number, "crash": traceback.format_exc()}
-        print(json.dumps(case), flush=True)
-
-
-if __name__ == "__main__":
-    _fuzz_main(*sys.argv[1:])

@@ -213,6 +213,7 @@ def test_kill_9_mid_epoch_with_deterministic_resumes_to_identical_weights(record
     with _start(tmp_path / "killed", records, *flags) as killed:
         processes.kill_at(killed, "backup: the state at epoch 1, batch 3 is saved")
     assert (_state(tmp_path / "killed")["epoch"], _state(tmp_path / "killed")["step"]) >= (0, 3)
+    assert _history(tmp_path / "killed") == []  # the epoch the kill cut short left no entry
     driver = tmp_path / "resume_then_whole.py"
     driver.write_text(_RESUME_THEN_WHOLE)
     runs = [f"--records={records}", f"--model_dir={tmp_path / 'killed'}",

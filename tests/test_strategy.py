@@ -25,7 +25,7 @@ _TWO_DEVICES = textwrap.dedent(
     TRAIN.run()
     """
 )
-COMMON = ["--batch_size=10", "--image_size=32", "--epochs=4", "--seed=3", "--verbose=2", "--noexport",
+COMMON = ["--batch_size=10", "--image_size=32", "--epochs=3", "--seed=3", "--verbose=2", "--noexport",
           "--nopictures"]
 
 
@@ -55,26 +55,26 @@ def test_mirrored_on_two_devices_learns_as_one_device_and_resumes_after_a_kill(r
     # The one-device reference: the same settings, trained in this process.
     single = tmp_path / "single"
     training.train_and_evaluate(run_config.TrainConfig(
-        records=str(records), model_dir=str(single), batch_size=10, image_size=32, epochs=4, seed=3, verbose=0,
+        records=str(records), model_dir=str(single), batch_size=10, image_size=32, epochs=3, seed=3, verbose=0,
         export=False, pictures=False,
     ))
 
     mirrored = tmp_path / "mirrored"
     args = [f"--records={records}", f"--model_dir={mirrored}", "--strategy=mirrored", *COMMON]
-    # Killed by PID once the second epoch's state is backed up, then resumed.
+    # Killed by PID once the first epoch's state is backed up, then resumed.
     with processes.start(driver, *args, merge_stderr=True) as process:
-        output = processes.kill_at(process, "the state after epoch 2 is saved")
+        output = processes.kill_at(process, "the state after epoch 1 is saved")
     assert "mirrored: 2 replica(s), global batch 10" in output
 
     resumed = _run(driver, *args)
     log = resumed.stdout + resumed.stderr
-    assert "Epoch 3/4" in log and "Epoch 2/4" not in log
+    assert "Epoch 2/3" in log and "Epoch 1/3" not in log
     history = json.loads((mirrored / "history.json").read_text())
-    assert [entry["epoch"] for entry in history] == [0, 1, 2, 3]
+    assert [entry["epoch"] for entry in history] == [0, 1, 2]
     results = json.loads((mirrored / "results.json").read_text())
     assert results["setup"]["strategy"].startswith("mirrored: 2 replica(s)")
 
-    # Both learn the sample (chance is 0.5; 4 epochs reach about 0.75) and end
+    # Both learn the sample (chance is 0.5; 3 epochs reached 0.80 on one device and on two) and end
     # within noise of each other: 30 validation images, so one image is 0.033.
     single_accuracy, mirrored_accuracy = _last_val_accuracy(single), _last_val_accuracy(mirrored)
     assert single_accuracy >= 0.65 and mirrored_accuracy >= 0.65, (single_accuracy, mirrored_accuracy)

@@ -1,8 +1,8 @@
 """train.py end to end on generated records: a run and what it writes, continuing
 it, the GPU settings on a CPU, and reruns and bad input answered in one line.
 
-Each run is train.py's main in this process; one bad flag is also given to
-`python train.py`, a new interpreter, as a user starts it."""
+Each run is train.py's main in this process (`python train.py` as a process:
+test_resume.py and test_train_faults.py, which signal and kill it)."""
 
 import configparser
 import dataclasses
@@ -35,7 +35,6 @@ BAD_FLAGS = {  # flag -> words its error line must hold
     "--learning_rate=-0.1": "--learning_rate",
     "--data_service=localhost": "--data_service must be grpc://HOST:PORT",
 }
-GENUINE_BAD_FLAG = "--epochs=0"  # also given to a new interpreter
 
 
 @pytest.fixture(scope="module")
@@ -176,14 +175,6 @@ def test_missing_records_are_one_line_errors(cli_runs):
     unset = cli_runs["no --records"]
     assert unset.returncode != 0
     assert unset.stderr.strip().splitlines()[-1].startswith("train.py: error: --records")
-
-
-def test_a_bad_flag_in_a_new_interpreter_is_one_line_and_exit_1(records, tmp_path):
-    result = processes.run("train.py", f"--records={records}", f"--model_dir={tmp_path / 'never'}", GENUINE_BAD_FLAG)
-    assert result.returncode == 1, result.stderr[-2000:]
-    lines = our_stderr_lines(result.stderr)
-    assert len(lines) == 1 and lines[0].startswith("train.py: error: ") and BAD_FLAGS[GENUINE_BAD_FLAG] in lines[0]
-    assert not (tmp_path / "never").exists()
 
 
 @pytest.mark.parametrize("flag", BAD_FLAGS)

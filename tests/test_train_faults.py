@@ -113,16 +113,15 @@ def test_kill_inside_a_mid_epoch_backup_write_resumes_from_the_backup_before(rec
     assert _history_epochs(model_dir) == [0, 1]
 
 
-def test_kill_during_an_epoch_and_after_training_resumes(records, tmp_path):
+def test_kill_after_the_last_epoch_finishes_without_training_again(records, tmp_path):
+    """Killed after the last epoch's backup, around the model and results saves. (A kill
+    inside an epoch: test_resume.py; inside a backup write: the two tests above.)"""
     model_dir = tmp_path / "run"
     args = [f"--records={records}", f"--model_dir={model_dir}", *COMMON, "--epochs=2"]
-    _start_and_kill_at(args, "Epoch 2/2")
-    assert _history_epochs(model_dir) == [0]
-
-    # Killed after the last epoch's backup, around the model and results saves.
     _start_and_kill_at(args, "the state after epoch 2 is saved")
     finished = run_train(*args)
     assert finished.returncode == 0, finished.stderr[-3000:]
+    assert "Epoch 1/2" not in finished.stdout + finished.stderr
     assert "Epoch 2/2" not in finished.stdout + finished.stderr
     assert (model_dir / "model.keras").is_file() and (model_dir / "results.json").is_file()
     assert _history_epochs(model_dir) == [0, 1]
