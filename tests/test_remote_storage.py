@@ -40,7 +40,8 @@ def test_records_read_and_a_run_trains_and_resumes_on_ram(tmp_path):
     assert manifest.splits["train"].num_examples == 16
 
     model_dir = records.replace("/records", "/run")
-    run = run_config.TrainConfig(records=records, model_dir=model_dir, epochs=1, batch_size=4, image_size=32, verbose=0)
+    run = run_config.TrainConfig(records=records, model_dir=model_dir, epochs=1, batch_size=4, image_size=32, verbose=0,
+                                 export=False)
     training.train_and_evaluate(run)
     again = training.train_and_evaluate(run_config.TrainConfig(**{**run.__dict__, "epochs": 2}))
     assert again.epochs_done == 2
