@@ -1,7 +1,9 @@
-"""The training input on tf.data service: a dispatcher and two workers as processes.
+"""The training input on tf.data service: a dispatcher and two workers.
 
-Every server listens on a free port and is addressed at 127.0.0.1 only; the
-tests stop them by PID.
+The workers are `python data_service.py` processes, which a test kills by PID;
+the dispatcher runs in this process (`service.start_dispatcher`, what
+data_service.py runs). Every server listens on a free port and is addressed at
+127.0.0.1 only; TF 2.21's servers bind every interface (they take no address).
 """
 
 from __future__ import annotations
@@ -33,13 +35,13 @@ COUNTS = {"train": {"cats": 14, "dogs": 13}, "validation": {"cats": 3, "dogs": 3
 
 
 class Cluster:
-    """A dispatcher and its workers, each a `python data_service.py` process."""
+    """A dispatcher in this process and its workers, each a `python data_service.py` process."""
 
     def __init__(self):
-        self.dispatcher_port = processes.free_port()
+        self.dispatcher = service.start_dispatcher(port=0)
+        self.dispatcher_port = int(self.dispatcher.target.rsplit(":", 1)[1])
         self.processes: dict[str, processes.Process] = {}
         self.worker_ports: dict[str, int] = {}
-        self._start("dispatcher", "--role=dispatcher", f"--port={self.dispatcher_port}")
 
     @property
     def address(self) -> str:
@@ -64,6 +66,7 @@ class Cluster:
     def stop(self) -> None:
         for name in list(self.processes):
             self.kill(name)
+        self.dispatcher.stop()
 
 
 @pytest.fixture(scope="module")
