@@ -2,9 +2,10 @@
 
 (Reruns of a finished run, refused resumes and bad flags: test_train.py.)
 
-The kills are SIGKILLs of train.py subprocesses by PID, including one inside
-the per-epoch backup write; afterwards the model_dir must resume from the last
-complete epoch.
+The kills are SIGKILLs of train.py subprocesses by PID: inside a backup write
+(epoch ends and mid-epoch backups share that write, `run_dir.Backup._save`)
+and after the last epoch's backup; afterwards the model_dir must resume from
+the last complete backup.
 """
 
 from __future__ import annotations
@@ -77,26 +78,6 @@ _DRIVER = textwrap.dedent(
 )
 
 
-def test_kill_inside_the_backup_write_resumes_from_the_last_complete_epoch(records, tmp_path):
-    model_dir = tmp_path / "run"
-    driver = tmp_path / "driver.py"
-    driver.write_text(_DRIVER)
-    args = [f"--records={records}", f"--model_dir={model_dir}", *COMMON]
-    _start_and_kill_at([*args, "--epochs=3"], "INSIDE_BACKUP_WRITE", driver)
-    state = json.loads((model_dir / "backup" / "state.json").read_text())
-    assert state["epoch"] == 1  # the half-written epoch 2 was never committed
-
-    resumed = run_train(*args, "--epochs=3")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    output = resumed.stdout + resumed.stderr
-    assert "Epoch 1/3" not in output and "Epoch 2/3" in output
-    assert _history_epochs(model_dir) == [0, 1, 2]
-    assert sorted(p.name for p in (model_dir / "backup").iterdir()) == ["epoch_0003.weights.h5", "state.json"]
-    assert sorted(p.name for p in (model_dir / "checkpoints").iterdir()) == [
-        "epoch_001.keras", "epoch_002.keras", "epoch_003.keras",
-    ]
-
-
 def test_kill_inside_a_mid_epoch_backup_write_resumes_from_the_backup_before(records, tmp_path):
     model_dir = tmp_path / "run"
     driver = tmp_path / "driver.py"
@@ -111,11 +92,14 @@ def test_kill_inside_a_mid_epoch_backup_write_resumes_from_the_backup_before(rec
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "backup: the state at epoch 1, batch 4 is saved" in resumed.stderr  # the rest of epoch 1
     assert _history_epochs(model_dir) == [0, 1]
+    # The half-written file was written again whole, then replaced: the last backup alone is left.
+    assert sorted(p.name for p in (model_dir / "backup").iterdir()) == ["epoch_0002.weights.h5", "state.json"]
+    assert sorted(p.name for p in (model_dir / "checkpoints").iterdir()) == ["epoch_001.keras", "epoch_002.keras"]
 
 
 def test_kill_after_the_last_epoch_finishes_without_training_again(records, tmp_path):
     """Killed after the last epoch's backup, around the model and results saves. (A kill
-    inside an epoch: test_resume.py; inside a backup write: the two tests above.)"""
+    inside an epoch: test_resume.py; inside a backup write: the test above.)"""
     model_dir = tmp_path / "run"
     args = [f"--records={records}", f"--model_dir={model_dir}", *COMMON, "--epochs=2"]
     _start_and_kill_at(args, "the state after epoch 2 is saved")
