@@ -244,7 +244,7 @@ class _Run:
         distributed = dataclasses.replace(
             self.augmented, host_warp=augment.HostWarp.TENSORFLOW, distributed=True)
         dispatcher = service.start_dispatcher(port=0)
-        address = service.Address("127.0.0.1", int(dispatcher.target.rsplit(":", 1)[1]))
+        address = service.local_address(dispatcher)
         workers = []
         for count, name in ((1, "service_1_worker"), (2, "service_2_workers")):
             while len(workers) < count:

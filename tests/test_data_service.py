@@ -39,13 +39,12 @@ class Cluster:
 
     def __init__(self):
         self.dispatcher = service.start_dispatcher(port=0)
-        self.dispatcher_port = int(self.dispatcher.target.rsplit(":", 1)[1])
         self.processes: dict[str, processes.Process] = {}
         self.worker_ports: dict[str, int] = {}
 
     @property
     def address(self) -> str:
-        return f"grpc://127.0.0.1:{self.dispatcher_port}"
+        return service.local_address(self.dispatcher).target
 
     def _start(self, name: str, *args: str) -> None:
         process = processes.start("data_service.py", *args)

@@ -69,6 +69,11 @@ class Address:
         return f"grpc://{self.host}:{self.port}"
 
 
+def local_address(server: _SERVICE.DispatchServer) -> Address:
+    """Where a dispatcher started in this process is reached: 127.0.0.1 and the port it listens on."""
+    return Address("127.0.0.1", Address.parse(server.target).port)
+
+
 def distribute(ds: tf.data.Dataset, address: Address, job_name: str | None = None) -> tf.data.Dataset:
     """Runs `ds` on the service's workers, each example once per epoch.
 
