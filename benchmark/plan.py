@@ -251,8 +251,9 @@ class _Run:
                 workers.append(service.start_worker(address, port=0, host="127.0.0.1"))
             self.steady(Spec(name, f"tf.data service, {count} local worker(s), TF-ops aug", Group.SERVICE,
                              "pipeline_aug_tfops"),
-                        lambda: dataset.scale_on_trainer(
-                            service.distribute(dataset.train_dataset(original, distributed, split), address)))
+                        lambda: dataset.on_trainer(
+                            service.distribute(dataset.train_dataset(original, distributed, split), address),
+                            distributed.batch_size))
         for worker in workers:
             worker.stop()
         dispatcher.stop()

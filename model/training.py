@@ -19,10 +19,13 @@ process trains in it, too (`fileio.held`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import threading
+import warnings
+from collections.abc import Iterator
 
 import keras
 import psutil
@@ -148,7 +151,8 @@ def training_input(
     train_config, _ = input_configs(config, manifest.num_classes, cache)
     if config.data_service:
         train_ds = dataset.train_dataset(config.records, train_config)
-        train_ds = dataset.scale_on_trainer(service.distribute(train_ds, service.Address.parse(config.data_service)))
+        train_ds = dataset.on_trainer(service.distribute(train_ds, service.Address.parse(config.data_service)),
+                                      train_config.batch_size)
         return train_ds.repeat() if config.steps_per_epoch else train_ds
     return dataset.train_dataset(config.records, train_config, position=position,
                                  steps_per_epoch=config.steps_per_epoch)
@@ -258,6 +262,17 @@ def _finished_run(config: run_config.TrainConfig, manifest: schema.Manifest) -> 
     return done, None
 
 
+@contextlib.contextmanager
+def _service_epochs(unknown_length: bool) -> Iterator[None]:
+    """Keras 3.15 warns "Your input ran out of data; interrupting training" when the
+    first epoch of unknown length ends (the service's epochs): nothing ran out and
+    training goes on (the warning is dropped upstream, keras-team/keras#23360)."""
+    with warnings.catch_warnings():
+        if unknown_length:
+            warnings.filterwarnings("ignore", "Your input ran out of data", UserWarning)
+        yield
+
+
 def _fit(
     config: run_config.TrainConfig, manifest: schema.Manifest, model: keras.Model, cache: bool,
     eval_config: dataset.InputConfig, stop: threading.Event | None,
@@ -295,8 +310,9 @@ def _fit(
     if stop is None or not stop.is_set():
         if position is not None:  # one pass per epoch, of the stated length
             train_ds = train_ds.apply(tf.data.experimental.assert_cardinality(steps))
-        model.fit(train_ds, initial_epoch=first_epoch, epochs=config.epochs,
-                  steps_per_epoch=config.steps_per_epoch if config.data_service else None, **fit)
+        with _service_epochs(config.data_service is not None and not config.steps_per_epoch):
+            model.fit(train_ds, initial_epoch=first_epoch, epochs=config.epochs,
+                      steps_per_epoch=config.steps_per_epoch if config.data_service else None, **fit)
     if stop is not None and stop.is_set():  # stopped at an epoch's end, its backup taken
         raise run_dir.Stopped(run_dir.completed_epochs(config.path("backup")), 0, backed_up=True)
 

@@ -55,7 +55,7 @@ class InputConfig:
       distributed: the dataset runs on tf.data service workers, each making
         part of the epoch, so its length is not asserted, and its images stay
         uint8 (a quarter of float32's bytes through gRPC):
-        `scale_on_trainer` makes them float32 after the service.
+        `on_trainer` makes them float32 after the service.
       cache: keep the decoded, resized uint8 images in memory after the first
         epoch. Training shuffles and augments them anew each epoch.
       shuffle_buffer: training records in the shuffle buffer without the
@@ -192,9 +192,15 @@ def num_batches(manifest: schema.Manifest, split: str, config: InputConfig) -> i
     return full + (1 if rest and not config.drop_remainder else 0)
 
 
-def scale_on_trainer(ds: tf.data.Dataset) -> tf.data.Dataset:
-    """After `service.distribute`: (images `tf.uint8` [B, H, W, 3], labels) from the
-    workers -> (images float32 [B, H, W, 3] in [0, 1], labels), on the trainer."""
+def on_trainer(ds: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
+    """After `service.distribute`: (images `tf.uint8` [b, H, W, 3], labels) from the
+    workers -> (images float32 [B, H, W, 3] in [0, 1], labels), B = `batch_size`.
+
+    Each worker ends its part of an epoch with a smaller batch; rebatched, only
+    the epoch's last batch is smaller, so every whole epoch has the same number
+    of batches. Keras counts the first epoch's and cuts any longer one short.
+    """
+    ds = ds.rebatch(batch_size)
     ds = ds.map(_plain(lambda images, labels: (transforms.scale_image(images), labels)),
                 num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
