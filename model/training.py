@@ -19,13 +19,10 @@ process trains in it, too (`fileio.held`).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import threading
-import warnings
-from collections.abc import Iterator
 
 import keras
 import psutil
@@ -262,17 +259,6 @@ def _finished_run(config: run_config.TrainConfig, manifest: schema.Manifest) -> 
     return done, None
 
 
-@contextlib.contextmanager
-def _service_epochs(unknown_length: bool) -> Iterator[None]:
-    """Keras 3.15 warns "Your input ran out of data; interrupting training" when the
-    first epoch of unknown length ends (the service's epochs): nothing ran out and
-    training goes on (the warning is dropped upstream, keras-team/keras#23360)."""
-    with warnings.catch_warnings():
-        if unknown_length:
-            warnings.filterwarnings("ignore", "Your input ran out of data", UserWarning)
-        yield
-
-
 def _fit(
     config: run_config.TrainConfig, manifest: schema.Manifest, model: keras.Model, cache: bool,
     eval_config: dataset.InputConfig, stop: threading.Event | None,
@@ -310,9 +296,13 @@ def _fit(
     if stop is None or not stop.is_set():
         if position is not None:  # one pass per epoch, of the stated length
             train_ds = train_ds.apply(tf.data.experimental.assert_cardinality(steps))
-        with _service_epochs(config.data_service is not None and not config.steps_per_epoch):
-            model.fit(train_ds, initial_epoch=first_epoch, epochs=config.epochs,
-                      steps_per_epoch=config.steps_per_epoch if config.data_service else None, **fit)
+        elif not config.steps_per_epoch:
+            # The service's epochs back to back, `steps` batches each: Keras cut
+            # an epoch longer than its first, and one short (a worker lost) now
+            # shifts the next instead.
+            train_ds = train_ds.repeat()
+        model.fit(train_ds, initial_epoch=first_epoch, epochs=config.epochs,
+                  steps_per_epoch=None if position is not None else steps, **fit)
     if stop is not None and stop.is_set():  # stopped at an epoch's end, its backup taken
         raise run_dir.Stopped(run_dir.completed_epochs(config.path("backup")), 0, backed_up=True)
 

@@ -143,7 +143,7 @@ def test_train_py_trains_through_the_service(tree_and_records, cluster, tmp_path
     assert all(0.0 <= entry["val_accuracy"] <= 1.0 for entry in history)  # validation ran locally
     # The training rate, but no probe of the input: it would start a service job per epoch.
     assert all(entry["images_per_second"] > 0 and "input_images_per_second" not in entry for entry in history)
-    # Keras's warning at the end of an epoch of unknown length ("interrupting training") is not shown.
+    # Keras is told each epoch's length: no "Your input ran out of data; interrupting training".
     assert not [w for w in recwarn if "ran out of data" in str(w.message)]
 
 
