@@ -262,6 +262,8 @@ def _predict(paths: list[str]) -> int:
     run = _open_run(PREDICT_FLAGS)
     if not paths:
         cli.fail("no PATH given: name image files, folders or URLs after the flags")
+    if fileio.isdir(PREDICT_FLAGS.output):
+        cli.fail(f"--output={PREDICT_FLAGS.output} is a folder: name the CSV file to write")
     files = inference.image_files(paths)
     if not files:
         cli.fail(f"no image files ({', '.join(inference.IMAGE_SUFFIXES)}) under {' '.join(paths)}")
@@ -291,7 +293,8 @@ probabilities (float32 [None, classes]) and classes (tf.string [None]).
 """
 EXPORT_FLAGS = flags.FlagValues()
 flags.DEFINE_string("model_dir", None, "A train.py --model_dir.", flag_values=EXPORT_FLAGS)
-flags.DEFINE_string("out", None, "The SavedModel folder; default: MODEL_DIR/export.", flag_values=EXPORT_FLAGS)
+flags.DEFINE_string("out", None, "The SavedModel folder, new or an earlier export (replaced); default: MODEL_DIR/export.",
+                    flag_values=EXPORT_FLAGS)
 
 
 def _export() -> None:

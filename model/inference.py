@@ -170,7 +170,11 @@ def export_model(run: TrainedRun, model: keras.Model, path: str | None = None) -
     device augmentation layer is off, as at any inference.
 
     Returns:
-      The folder written (`model_dir/export` by default), replaced whole.
+      The folder written (`model_dir/export` by default); an earlier export
+      there is replaced whole.
+
+    Raises:
+      ValueError: `path` holds something other than a SavedModel (left as it is).
     """
     path = path or os.path.join(run.model_dir, EXPORT_DIRNAME)
     image_size, names = run.image_size, tf.constant(run.class_names)
@@ -185,15 +189,25 @@ def export_model(run: TrainedRun, model: keras.Model, path: str | None = None) -
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint("serving_default", serve, input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
-    if fileio.exists(path):
-        tf.io.gfile.rmtree(path)
+    if fileio.exists(path) and not fileio.exists(f"{path.rstrip('/')}/saved_model.pb"):
+        raise ValueError(f"{path} exists and is not a SavedModel: give a new folder or an earlier export")
     if fileio.is_url(path):  # object stores rename no folders: written in place
+        fileio.rmtree(path)
         archive.write_out(path, verbose=False)
         return path
     # Locally, written beside and renamed: a kill leaves the old export or none, never a part.
-    scratch = path.rstrip("/") + ".partial"
-    if fileio.exists(scratch):
-        shutil.rmtree(scratch)
-    archive.write_out(scratch, verbose=False)
-    os.replace(scratch, path)
+    parent = os.path.dirname(os.path.abspath(path))
+    fileio.makedirs(parent)
+    scratch = fileio.new_folder(parent, ".export-partial-")
+    try:
+        archive.write_out(scratch, verbose=False)
+        if fileio.exists(path):
+            old = fileio.new_folder(parent, ".export-old-")
+            os.replace(path, old)  # a folder renames over an empty one
+            os.replace(scratch, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(scratch, path)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     return path

@@ -207,7 +207,7 @@ class TrainResult:
       setup: what the run used, as logged at start (`describe_setup`).
       test: the test split's metrics (loss, accuracy), None without a test split;
         the whole report is in `model_dir/eval_test/` (model.evaluation).
-      records: the records folder trained on (evaluate.py's default).
+      records: the records folder trained on, absolute (evaluate.py's default).
       already_complete: the model_dir held a finished run of `epochs` or more,
         so nothing was trained (not kept in results.json).
     """
@@ -327,7 +327,8 @@ def _save_results(
     run = inference.TrainedRun(config.model_dir, manifest.class_names, (config.image_size,) * 2, config.records)
     if config.export:
         files["export"] = inference.export_model(run, model)
-    result = TrainResult(len(history), history[-1] if history else None, files, setup, test, records=config.records)
+    result = TrainResult(len(history), history[-1] if history else None, files, setup, test,
+                         records=fileio.absolute(config.records))  # evaluate.py may run from elsewhere
     fileio.write_json(config.path("results.json"), result.to_json())
     return result
 

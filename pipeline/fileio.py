@@ -242,14 +242,19 @@ def write_text(path: str, text: str) -> str:
     if folder:
         makedirs(folder)
     tmp = path + ".tmp"
-    if is_url(path):
-        with _gfile().GFile(tmp, "w") as f:
-            f.write(text)
-        _gfile().rename(tmp, path, overwrite=True)
-    else:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
+    try:
+        if is_url(path):
+            with _gfile().GFile(tmp, "w") as f:
+                f.write(text)
+            _gfile().rename(tmp, path, overwrite=True)
+        else:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, path)
+    except BaseException:
+        if exists(tmp):  # a full disk, `path` a folder, Ctrl-C: no part left behind
+            remove(tmp)
+        raise
     return path
 
 

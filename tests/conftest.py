@@ -6,6 +6,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import contextlib  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -45,7 +46,9 @@ def finished_run(split_records, tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("finished") / "run"
     argv = ["train.py", f"--records={records_dir}", f"--model_dir={model_dir}", "--epochs=1",
             "--batch_size=6", "--image_size=32", "--nocache", "--verbose=0", "--steps_per_epoch=2", "--nopictures"]
-    assert TRAIN.main(argv) == 0
+    # Trained from the records' parent with a relative --records: the run must still find them from elsewhere.
+    with contextlib.chdir(records_dir.parent):
+        assert TRAIN.main([argv[0], f"--records={records_dir.name}", *argv[2:]]) == 0
     return argv, model_dir
 
 

@@ -143,6 +143,7 @@ def test_predict_writes_a_row_per_file_and_an_error_row_for_a_broken_one(finishe
     (PREDICT, ["--model_dir={model_dir}"], "no PATH given"),
     (PREDICT, ["--model_dir={tmp}", "x.jpg"], "holds no run"),
     (EXPORT, ["--model_dir={tmp}"], "holds no run"),
+    (PREDICT, ["--model_dir={model_dir}", "--output={tmp}", "x.jpg"], "is a folder"),
 ])
 def test_bad_input_is_one_line_and_exit_1(finished_run, tmp_path, command, args, message):
     _, model_dir = finished_run
@@ -180,6 +181,27 @@ def test_the_export_serves_in_a_python_with_only_tensorflow(finished_run, split_
     run = inference.open_run(str(model_dir))
     expected = [p.probabilities for p in inference.predict_files(run, run.load_model(), files, batch_size=8)]
     np.testing.assert_allclose(answer["probabilities"], expected, atol=1e-5)
+
+
+def test_export_replaces_an_earlier_export_and_nothing_else(finished_run, tmp_path):
+    _, model_dir = finished_run
+    export = tmp_path / "exports" / "export"
+    for _ in range(2):  # the second replaces the first, and leaves nothing beside it
+        done = cli.run(EXPORT, f"--model_dir={model_dir}", f"--out={export}")
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert (export / "saved_model.pb").is_file() and [p.name for p in export.parent.iterdir()] == ["export"]
+    records = tmp_path / "records"
+    records.mkdir()
+    (records / "train.tfrecord").write_bytes(b"mine")
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(b"mine")
+    for taken in (records, photo, tmp_path):  # a folder, a file, a folder above them
+        refused = cli.run(EXPORT, f"--model_dir={model_dir}", f"--out={taken}")
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr
+        assert refused.stderr.strip().splitlines()[-1] == (
+            f"export.py: error: {taken} exists and is not a SavedModel: give a new folder or an earlier export")
+    assert (records / "train.tfrecord").read_bytes() == b"mine" and photo.read_bytes() == b"mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exports", "photo.png", "records"]
 
 
 def test_a_model_with_device_augmentation_exports_with_it_off(tmp_path):

@@ -11,6 +11,7 @@ import json
 import os
 
 import keras
+import pytest
 import tensorflow as tf
 
 from model.commands import TRAIN
@@ -100,3 +101,20 @@ def test_a_training_run_that_fills_the_disk_keeps_its_backup_and_resumes(split_r
     assert TRAIN.main(argv) == 0  # room again: the same command resumes
     assert [entry["epoch"] for entry in json.loads((model_dir / "history.json").read_text())] == [0, 1]
     assert fileio.is_disk_full(OSError(errno.EDQUOT, "quota")) and not fileio.is_disk_full(OSError(errno.EACCES, "no"))
+
+
+def test_a_text_write_that_fails_leaves_the_old_file_and_no_part(tmp_path, monkeypatch):
+    folder = tmp_path / "taken"
+    folder.mkdir()
+    with pytest.raises(IsADirectoryError):
+        fileio.write_text(str(folder), "new")
+    path = tmp_path / "results.json"
+    path.write_text("old")
+
+    def full_disk(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        fileio.write_text(str(path), "new")
+    assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["results.json", "taken"]
