@@ -237,7 +237,7 @@ def _open_records(config: run_config.TrainConfig) -> schema.Manifest:
     if not config.records:
         raise ValueError("--records is required: a folder written by convert.py")
     if config.data_service:
-        service.Address.parse(config.data_service)  # a bad address fails before any work
+        service.check_reachable(service.Address.parse(config.data_service))  # fails before any work
     manifest = schema.read_manifest(config.records)
     manifest.split("train", config.records)
     schema.check_shard_files(config.records, manifest)  # before any work, not when an epoch reaches it

@@ -8,9 +8,11 @@ data_service.py runs). Every server listens on a free port and is addressed at
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import subprocess
 import threading
 from collections import Counter
 from pathlib import Path
@@ -28,6 +30,7 @@ from pipeline.reader import augment, dataset, service
 from model import run_config
 from model import training
 from model.commands import TRAIN
+from pipeline.reader.commands import DATA_SERVICE
 
 # The disturbed epoch takes a few seconds; a stall (see the kill test) is not waited out.
 STALL_SECONDS = 45  # the disturbed epoch (a worker restart with it) took 6.8 s run alone
@@ -63,9 +66,16 @@ class Cluster:
         process.__exit__()
 
     def stop(self) -> None:
-        for name in list(self.processes):
-            self.kill(name)
+        """Ctrl-C to each worker, which ends at once (the servers wait in C++, deaf to Python's handler)."""
+        for process in self.processes.values():
+            os.kill(process.pid, signal.SIGINT)
+        ended = {}
+        for name, process in self.processes.items():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                ended[name] = process.wait(timeout=10)
+            process.__exit__()  # kills one still running
         self.dispatcher.stop()
+        assert ended == {name: -signal.SIGINT for name in self.processes}, ended
 
 
 @pytest.fixture(scope="module")
@@ -195,3 +205,17 @@ def test_address_parsing():
     for bad in ("grpc://host", "host:port", ":5050", "host:70000"):
         with pytest.raises(ValueError, match="--data_service"):
             service.Address.parse(bad)
+
+
+def test_an_unreachable_dispatcher_is_one_line_not_a_hang(tree_and_records, tmp_path):
+    """TensorFlow's client would retry it without end, deaf to Ctrl-C and SIGTERM."""
+    _, records = tree_and_records
+    nobody = f"grpc://127.0.0.1:{processes.free_port()}"
+    said = f"no tf.data service dispatcher answers at {nobody} (Connection refused)"
+    trained = cli.run(TRAIN, f"--records={records}", f"--model_dir={tmp_path / 'run'}", f"--data_service={nobody}")
+    assert trained.returncode == 1
+    assert trained.stderr.strip().splitlines()[-1] == f"train.py: error: --data_service: {said}"
+    worker = cli.run(DATA_SERVICE, "--role=worker", f"--dispatcher={nobody}", f"--port={processes.free_port()}")
+    assert worker.returncode == 1
+    assert worker.stderr.strip().splitlines()[-1] == f"data_service.py: error: --dispatcher: {said}"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # this process's Ctrl-C untouched

@@ -10,6 +10,7 @@ Each server runs until it is stopped (Ctrl-C or SIGTERM). See pipeline/reader/se
 from __future__ import annotations
 
 import os
+import signal
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow's first import
 
@@ -36,12 +37,18 @@ flags.DEFINE_string(
 
 
 def _serve() -> None:
+    if FLAGS.role is service.Role.WORKER:
+        if not FLAGS.dispatcher:
+            cli.fail("--dispatcher is required for a worker: grpc://HOST:PORT")
+        dispatcher = service.Address.parse(FLAGS.dispatcher, "--dispatcher")
+        service.check_reachable(dispatcher, "--dispatcher")
+    # A server keeps no state to save, and waits in C++ where Python's handler
+    # never runs: Ctrl-C ends it at once, as SIGTERM does.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     if FLAGS.role is service.Role.DISPATCHER:
         server = service.start_dispatcher(FLAGS.port, FLAGS.work_dir)
-    elif not FLAGS.dispatcher:
-        cli.fail("--dispatcher is required for a worker: grpc://HOST:PORT")
     else:
-        server = service.start_worker(service.Address.parse(FLAGS.dispatcher, "--dispatcher"), FLAGS.port, FLAGS.host)
+        server = service.start_worker(dispatcher, FLAGS.port, FLAGS.host)
     print(f"data_service.py: {FLAGS.role.value} listening on port {FLAGS.port}", flush=True)
     server.join()
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import inspect
+import socket
 
 import tensorflow as tf
 from tensorflow.python.data.experimental.ops import data_service_ops
@@ -35,6 +36,8 @@ WORKER_TIMEOUT_MS = 10_000
 # heartbeat (1 s by default), so each epoch ended on a whole second; ten small
 # RPCs a second cost nothing (docs/performance.md, tf.data service).
 TASK_REFRESH_INTERVAL_MS = 100
+# How long a trainer or a worker tries to reach its dispatcher before saying so.
+CONNECT_TIMEOUT_S = 10
 # Batches travel uncompressed: snappy costs both ends more CPU per batch than
 # it saves in bytes, unless the network is short, below about 1 Gb/s per
 # trainer (docs/performance.md, tf.data service).
@@ -72,6 +75,20 @@ class Address:
 def local_address(server: _SERVICE.DispatchServer) -> Address:
     """Where a dispatcher started in this process is reached: 127.0.0.1 and the port it listens on."""
     return Address("127.0.0.1", Address.parse(server.target).port)
+
+
+def check_reachable(address: Address, flag: str = "--data_service") -> None:
+    """ValueError naming `flag` unless the dispatcher accepts a connection within CONNECT_TIMEOUT_S.
+
+    TensorFlow's client retries a dispatcher it cannot reach without end, inside
+    one C++ call: the process would hang, deaf to Ctrl-C and SIGTERM.
+    """
+    try:
+        with socket.create_connection((address.host, address.port), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise ValueError(f"{flag}: no tf.data service dispatcher answers at {address.target} ({reason})") from None
 
 
 def distribute(ds: tf.data.Dataset, address: Address, job_name: str | None = None) -> tf.data.Dataset:
