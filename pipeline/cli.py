@@ -78,8 +78,8 @@ class Command:
             return self._error(e)
         except CommandError as e:
             return self._error(e)
-        except KeyboardInterrupt:
-            print(f"{self.prog}: interrupted", file=sys.stderr)
+        except KeyboardInterrupt as e:
+            print(f"{self.prog}: interrupted" + (f"; {e}" if str(e) else ""), file=sys.stderr)
             return 130
         except self.errors as e:
             return self._error(e)

@@ -150,7 +150,7 @@ def _big_run(big_tree: Path, out: Path, *flags: str) -> processes.Process:
     )
 
 
-def test_ctrl_c_prints_one_line_and_leaves_nothing(big_tree, tmp_path):
+def test_ctrl_c_prints_one_line_and_keeps_the_finished_shards_for_resume(big_tree, tmp_path, capsys):
     out = tmp_path / "records"
     proc = _big_run(big_tree, out, "--workers=2")
     processes.wait_until(proc, lambda: _scratch_shards(out) >= 1, "its first shard")
@@ -158,9 +158,16 @@ def test_ctrl_c_prints_one_line_and_leaves_nothing(big_tree, tmp_path):
     os.killpg(proc.pid, signal.SIGINT)
     stdout, stderr = proc.communicate()
     assert proc.returncode == 130, stderr
-    assert processes.our_lines(stderr) == ["convert.py: interrupted"], stderr
-    assert "Traceback" not in stderr
-    assert not out.exists()  # it made --out: no shards, no manifest, no scratch, no folder
+    (scratch,) = _scratch_folders(out)
+    assert processes.our_lines(stderr) == [
+        f"convert.py: interrupted; the finished shards are kept in {scratch}: the same command with --resume "
+        "continues, one without it removes them"], stderr
+    assert "Traceback" not in stderr and _scratch_shards(out) >= 1
+    assert os.listdir(out) == [scratch.name]  # no manifest, no shard outside it
+    small = make_image_tree(tmp_path / "small" / "pets", "flat", {"cats": 3, "dogs": 3}, (16, 16))
+    capsys.readouterr()
+    convert(small.root, out, num_shards=1)  # (--resume from a dead run's scratch: test_convert_resume.py)
+    assert capsys.readouterr().err.startswith("removed 1 scratch folder") and not _scratch_folders(out)
 
 
 def _alive(pid: int) -> bool:

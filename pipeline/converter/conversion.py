@@ -148,13 +148,8 @@ class ConversionConfig:
                 raise ConversionError(
                     f"--{name} must be {' or '.join(k.value for k in kind)}, got {getattr(self, name)!r}"
                 ) from None
-        rules.check_positive(
-            num_shards=self.num_shards,
-            image_size=min(self.image_size) if self.image_size else None,
-            workers=self.workers,
-            max_file_mb=self.max_file_mb,
-            max_pixels=self.max_pixels,
-        )
+        rules.check_positive(num_shards=self.num_shards, image_size=min(self.image_size) if self.image_size else None,
+                             workers=self.workers, max_file_mb=self.max_file_mb, max_pixels=self.max_pixels)
         if self.shard_mb <= 0:
             raise ConversionError(f"--shard_mb must be positive, got {self.shard_mb}")
         if not 0.0 <= self.validation_fraction < 1.0:
@@ -162,10 +157,8 @@ class ConversionConfig:
         if self.resume and self.runner is Runner.BEAM:
             raise ConversionError("--resume is not supported with --runner=beam (only with the local runner)")
         if self.duplicates is duplicates_lib.DuplicateMode.DROP and self.runner is Runner.BEAM:
-            raise ConversionError(
-                "--duplicates=drop is not supported with --runner=beam (only with the local runner): "
-                "--duplicates=report lists them"
-            )
+            raise ConversionError("--duplicates=drop is not supported with --runner=beam (only with the local runner): "
+                                  "--duplicates=report lists them")
 
     @property
     def shard_bytes(self) -> int:
@@ -351,7 +344,8 @@ def convert_folder(config: ConversionConfig) -> ConversionSummary:
         file, or a full disk (the scratch folder is removed).
       fileio.LockedError: another process converts into `out`.
       sources.SourceError: see `sources.scan_image_folder`.
-      KeyboardInterrupt: passed on, once the scratch folder is gone.
+      KeyboardInterrupt: passed on; the local runner's scratch folder is kept
+        for --resume (its message says where), the Beam runner's removed.
     """
     started = time.perf_counter()
     pool, scratch, created_out, scan = None, None, False, None
@@ -377,6 +371,12 @@ def convert_folder(config: ConversionConfig) -> ConversionSummary:
             index = duplicates_lib.DuplicateIndex(drop=config.duplicates is duplicates_lib.DuplicateMode.DROP)
         written, skipped = _write_shards(config, scan, scratch, kept, pool, index)
         manifest, report = _finish(config, scan, scratch, written, skipped, index, pool)
+    except KeyboardInterrupt:
+        if scratch is None or config.runner is Runner.BEAM:
+            raise
+        kept_for, scratch = scratch, None  # for --resume, as a killed run's
+        raise KeyboardInterrupt(f"the finished shards are kept in {kept_for}: the same command with --resume "
+                                "continues, one without it removes them") from None
     except Exception as e:
         if not fileio.is_disk_full(e):
             raise
