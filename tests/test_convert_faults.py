@@ -91,7 +91,8 @@ def runs(tmp_path_factory):
         f"--src={odd_src}", f"--out={root / 'odd_records'}", "--workers=1", "--num_shards=1",
         "--follow_external_links", "--max_file_mb=1", "--max_pixels=300",
     ]
-    results = {"root": root, "odd_reasons": odd_reasons, "odd_src": odd_src}
+    commands["all_skipped"] = [f"--src={good}", f"--out={root / 'none'}", "--workers=1", "--max_pixels=100"]
+    results = {"root": root, "odd_reasons": odd_reasons, "odd_src": odd_src, "good": good}
     for name, done in cli_cases(CONVERT, commands).items():
         results[name] = (done.returncode, done.stdout, done.stderr)
     return results
@@ -120,6 +121,14 @@ def test_an_odd_tree_converts_with_every_skip_and_its_reason(runs):
         assert f"{src / name}: {reason}" in stdout
     records = sorted(r[schema.FILENAME_KEY] for r in read_records(out, "train"))
     assert records == ["cats/cats.000.jpg", "cats/cats.002.jpg", "dogs/bird.jpg", "dogs/dogs.001.jpg"]
+
+
+def test_a_tree_whose_every_file_is_skipped_says_why(runs):
+    returncode, _, stderr = runs["all_skipped"]
+    assert returncode == 1 and processes.our_lines(stderr)[-1].startswith(
+        f"convert.py: error: no file under {runs['good']} could be converted: 4 skipped, e.g. {runs['good']}/")
+    assert processes.our_lines(stderr)[-1].endswith(": 16x16 pixels, over --max_pixels=100")
+    assert not (runs["root"] / "none").exists()
 
 
 # --------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from collections import Counter
 
@@ -118,11 +119,11 @@ def test_hold_out_never_yields_an_empty_split(tmp_path, fraction):
     assert scan.num_files == 2
 
 
-def test_validation_fraction_is_ignored_with_split_folders(split_tree):
-    plain = sources.scan_image_folder(str(split_tree.root))
-    held = sources.scan_image_folder(str(split_tree.root), validation_fraction=0.5)
-    for split in plain.splits:
-        assert _relpaths(held.splits[split]) == _relpaths(plain.splits[split])
+def test_validation_fraction_with_split_folders_is_refused(split_tree):
+    splits = ", ".join(f"{name}/" for name in sources.SPLIT_NAMES if (split_tree.root / name).is_dir())
+    message = f"holds out part of a tree without split folders, but {split_tree.root} has {splits}: leave the flag out"
+    with pytest.raises(sources.SourceError, match=re.escape(message)):
+        sources.scan_image_folder(str(split_tree.root), validation_fraction=0.5)
 
 
 def test_hidden_entries_are_ignored_and_subfolders_are_walked(tmp_path):

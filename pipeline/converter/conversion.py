@@ -301,7 +301,7 @@ def _finish(
     manifest = schema.Manifest(
         dataset_name=scan.dataset_name,
         class_names=scan.files.class_names,
-        splits=rules.checked_splits(written, scan.files.class_names, config.src, scratch),
+        splits=rules.checked_splits(written, scan.files.class_names, config.src, scratch, skipped),
         stored_size=config.image_size,
         source=fileio.absolute(config.src),
         skipped=tuple(skipped),

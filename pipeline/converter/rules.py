@@ -115,7 +115,8 @@ def checked_scan(
 
 
 def checked_splits(
-    written: dict[str, schema.SplitInfo], class_names: Sequence[str], src: str, scratch: str
+    written: dict[str, schema.SplitInfo], class_names: Sequence[str], src: str, scratch: str,
+    skipped: Sequence[schema.SkippedFile],
 ) -> dict[str, schema.SplitInfo]:
     """The written splits that hold images, once every class is known to have some.
 
@@ -126,7 +127,8 @@ def checked_splits(
     """
     splits = {name: split for name, split in written.items() if split.num_examples}
     if not splits:
-        raise ConversionError(f"no file under {src} decodes as an image")
+        example = f", e.g. {skipped[0].path}: {skipped[0].reason}" if skipped else ""
+        raise ConversionError(f"no file under {src} could be converted: {len(skipped)} skipped{example}")
     check_classes(class_names, {name: split.class_counts for name, split in written.items()})
     for split in written.values():
         if split.name not in splits:

@@ -173,8 +173,8 @@ def scan_image_folder(
       classes: class folder names in label order; default: the sorted class
         folder names found, as flow_from_directory orders them.
       validation_fraction: when `src` has no split level (or only `train/`),
-        the fraction of each class held out as `validation`. Ignored when
-        `src` has a validation or test folder.
+        the fraction of each class held out as `validation`; SourceError
+        if it is not 0 and `src` has a validation or test folder.
       seed: seed of that hold-out.
       follow_external_links: list what symlinks lead to outside `src` too,
         instead of skipping it (a URL has no symlinks).
@@ -209,8 +209,11 @@ def scan_image_folder(
         raise SourceError(f"{src} has no class folders")
     class_names = _class_names(folders, classes)
 
+    if validation_fraction > 0 and list(split_dirs) != ["train"]:
+        raise SourceError(f"--validation_fraction holds out part of a tree without split folders, but {src} has "
+                          f"{', '.join(name + '/' for name in split_dirs)}: leave the flag out")
     splits, skipped = _walk_tree(src, split_dirs, class_names, follow_external_links, max_file_mb)
-    if list(split_dirs) == ["train"] and validation_fraction > 0:
+    if validation_fraction > 0:
         splits["train"], splits["validation"] = hold_out(
             splits["train"], validation_fraction, seed
         )
