@@ -372,8 +372,8 @@ def convert_folder(config: ConversionConfig) -> ConversionSummary:
         written, skipped = _write_shards(config, scan, scratch, kept, pool, index)
         manifest, report = _finish(config, scan, scratch, written, skipped, index, pool)
     except KeyboardInterrupt:
-        if scratch is None or config.runner is Runner.BEAM:
-            raise
+        if scratch is None or config.runner is Runner.BEAM or out_dir.swap_begun(scratch):
+            raise  # (a swap begun ends before the Ctrl-C is let through)
         kept_for, scratch = scratch, None  # for --resume, as a killed run's
         raise KeyboardInterrupt(f"the finished shards are kept in {kept_for}: the same command with --resume "
                                 "continues, one without it removes them") from None

@@ -167,6 +167,11 @@ def _swap(scratch: str, out: str, new: list[str]) -> None:
             fileio.replace(os.path.join(scratch, name), os.path.join(out, name))
 
 
+def swap_begun(scratch: str) -> bool:
+    """Whether `move_into_place` has begun to move this scratch folder's set into place."""
+    return fileio.exists(os.path.join(scratch, _SWAP_FILENAME))
+
+
 def finish_interrupted_swap(out: str) -> bool:
     """Finishes the swap a killed conversion began in `out`, if any; whether there was one."""
     for name in stale_scratch(out):
