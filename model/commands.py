@@ -24,7 +24,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow's first 
 
 import tensorflow as tf  # noqa: E402
 from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from pipeline import cli  # noqa: E402
@@ -179,14 +178,14 @@ def _train() -> int | None:
             f"{fileio.disk_full_message(config.model_dir)}: the last complete backup is kept; "
             "free some space and run the same command again to resume"
         )
-    logging.info("done: %s", result)
     if result.already_complete:
         print(
             f"{config.model_dir} already holds a finished run of {result.epochs_done} epochs: "
             f"nothing to train (pass --epochs above {result.epochs_done} to continue it)"
         )
     else:
-        print(f"Saved the model and plots to {config.model_dir}")
+        also = " and ".join(name for name, wanted in (("its export", config.export), ("pictures", config.pictures)) if wanted)
+        print(f"Saved the model{' with ' + also if also else ''} to {config.model_dir}")
     if result.test is not None:
         print("Test: " + ", ".join(f"{k} {v:.4f}" for k, v in result.test.items()))
 

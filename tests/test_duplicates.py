@@ -219,3 +219,10 @@ def test_real_photos_copies_are_reported(tmp_path):
         ("validation/cats/copy.jpg", os.path.relpath(cat, src), True),
         ("validation/dogs/small.jpg", os.path.relpath(dog, src), False),
     }
+
+
+def test_the_summary_counts_one_pair_as_a_pair():
+    pair = schema.DuplicatePair("b.jpg", "train", "a.jpg", "train", distance=0, identical=True)
+    first, listed = duplicates.summary_lines((pair,), duplicates.DuplicateMode.REPORT)
+    assert first.startswith("  duplicates       1 pair (1 byte-identical, 0 near,")
+    assert listed == "    b.jpg = a.jpg (identical)"

@@ -105,6 +105,7 @@ def test_train_writes_everything(first_run):
         assert f"  {key}" in first.stderr, key
     assert "--mixed_precision on a machine without a GPU" not in first.stderr
     assert "Test: accuracy" in first.stdout
+    assert f"Saved the model with its export and pictures to {model_dir}" in first.stdout
 
 
 def test_a_finished_run_continues_to_more_epochs(records, first_run, tmp_path):
@@ -114,6 +115,7 @@ def test_a_finished_run_continues_to_more_epochs(records, first_run, tmp_path):
                   "--nopictures")
     assert second.returncode == 0, second.stderr[-3000:]
     assert "Epoch 1/2" not in second.stdout + second.stderr
+    assert f"Saved the model with its export to {model_dir}" in second.stdout  # --nopictures
     history = json.loads((model_dir / "history.json").read_text())
     assert [entry["epoch"] for entry in history] == [0, 1]
     assert (model_dir / "checkpoints/epoch_002.keras").is_file()

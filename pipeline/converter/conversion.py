@@ -206,7 +206,7 @@ class ConversionSummary:
                 f"  {name:<10} {split.num_examples:>7} images in "
                 f"{len(split.shards)} shards ({_megabytes(split.num_bytes)})  [{counts}]"
             )
-        lines.append(f"  skipped    {len(self.skipped):>7} files")
+        lines.append(f"  skipped    {len(self.skipped):>7} {'file' if len(self.skipped) == 1 else 'files'}")
         lines += [f"    {skip.path}: {skip.reason}" for skip in self.skipped]
         if self.duplicate_mode is not duplicates_lib.DuplicateMode.OFF:
             lines += duplicates_lib.summary_lines(self.manifest.duplicates, self.duplicate_mode)
