@@ -275,6 +275,9 @@ def _fit(
     first_epoch, first_step = (resume.epoch, resume.step) if resume else (0, 0)
     if config.data_service:  # its workers make whole epochs: a mid-epoch backup resumes at the epoch
         first_step = 0
+    if resume:
+        logging.info("resuming from %s at epoch %d%s", config.path("backup"), first_epoch + 1,
+                     f", after batch {first_step}" if first_step else "")
     position = None if config.data_service else dataset.EpochPosition(first_epoch, first_step)
     train_ds = training_input(config, manifest, cache, position)
     val_ds = None

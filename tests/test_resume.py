@@ -191,6 +191,7 @@ def test_sigterm_and_ctrl_c_stop_at_a_batch_with_its_backup_and_the_run_resumes_
 
     resumed = cli.run(TRAIN, f"--records={records}", f"--model_dir={model_dir}", *COMMON, *flags)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from {model_dir / 'backup'} at epoch 2, after batch {state['step']}" in resumed.stderr
     assert "Epoch 2/2" in resumed.stdout + resumed.stderr
     assert [e["epoch"] for e in _history(model_dir)] == [0, 1]
 
