@@ -32,6 +32,7 @@ from absl import logging
 from pipeline import fileio
 
 RUN_FILENAME = "run.json"
+RECORDS_KEY = "records"  # in run.json: a fingerprint of the records' manifest, not their folder (it may move)
 _STATE_FILENAME = "state.json"
 _WEIGHTS_SUFFIX = ".weights.h5"
 
@@ -65,7 +66,7 @@ def record_settings(model_dir: str, settings: Mapping[str, Any]) -> None:
         path, _settings, f"delete it to keep the backup and record this command's settings, or delete {model_dir}"
     )
     changed = [
-        f"{key}: {stored.get(key)!r} -> {settings.get(key)!r}"
+        _change(key, stored.get(key), settings.get(key))
         for key in sorted(set(stored) | set(settings))
         if stored.get(key) != settings.get(key)
     ]
@@ -74,6 +75,12 @@ def record_settings(model_dir: str, settings: Mapping[str, Any]) -> None:
             f"--model_dir {model_dir} holds a run with other settings ({'; '.join(changed)}): "
             f"pass another --model_dir, or delete {model_dir} to start over"
         )
+
+
+def _change(key: str, old: Any, new: Any) -> str:
+    if key == RECORDS_KEY:
+        return f"records: another set than the run's (manifest fingerprint {old} -> {new})"
+    return f"{key}: {old!r} -> {new!r}"
 
 
 def _settings(data: Any) -> dict:

@@ -52,7 +52,7 @@ def run_settings(config: run_config.TrainConfig, manifest: schema.Manifest) -> d
     fingerprint = hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()[:16]
     settings = {name: getattr(config, name) for name in run_config.RUN_DEFINING_FIELDS}
     settings["augment_on"] = config.augment_on.value
-    return {**settings, "records": fingerprint, "class_names": list(manifest.class_names)}
+    return {**settings, run_dir.RECORDS_KEY: fingerprint, "class_names": list(manifest.class_names)}
 
 
 def cache_fits(num_images: int, image_size: int, available_bytes: int) -> bool:
