@@ -19,22 +19,23 @@ INPUT_BOUND_SHARE = 0.8
 _PROBE_BATCHES = 10
 
 
-def probe_input_rate(data: tf.data.Dataset, batches: int = _PROBE_BATCHES) -> float:
-    """Images/s the input pipeline delivers alone: `batches` after a warm-up one.
+def probe_input_rate(data: tf.data.Dataset, batches: int = _PROBE_BATCHES) -> float | None:
+    """Images/s the input pipeline delivers alone: up to `batches` after a warm-up
+    one; None if a pass holds no batch after the warm-up.
 
     Args:
       data: batched (images, labels); images [B, ...].
       batches: timed batches.
     """
     iterator = iter(data)
-    next(iterator)  # iterator start-up and shuffle-buffer fill: not the steady rate
+    next(iterator, None)  # iterator start-up and shuffle-buffer fill: not the steady rate
     start, images = time.perf_counter(), 0
     for _ in range(batches):
         try:
             images += int(next(iterator)[0].shape[0])
         except StopIteration:
             break
-    return images / max(time.perf_counter() - start, 1e-9)
+    return images / max(time.perf_counter() - start, 1e-9) if images else None
 
 
 class FollowEpochs(keras.callbacks.Callback):
@@ -53,9 +54,9 @@ class FollowEpochs(keras.callbacks.Callback):
 class EpochThroughput(keras.callbacks.Callback):
     """Adds to each epoch's logs its training rate and, with `input_data`, what limits it.
 
-    Logs `images_per_second` (training batches only); with `input_data`, also
-    `input_images_per_second` (a short probe of the same pipeline, run alone
-    after the epoch) and `input_bound`: 1.0 when training reached
+    Logs `images_per_second` (training batches only); with `input_data` of
+    two batches or more, also `input_images_per_second` (a short probe of the
+    same pipeline, run alone after the epoch) and `input_bound`: 1.0 when training reached
     INPUT_BOUND_SHARE of the input's own rate, else 0.0 (logs stay numbers:
     TensorBoard plots every one).
     """
@@ -82,6 +83,9 @@ class EpochThroughput(keras.callbacks.Callback):
             logging.info("epoch %d: %.0f training images/s", epoch + 1, rate)
             return
         input_rate = probe_input_rate(self.input_data)
+        if input_rate is None:
+            logging.info("epoch %d: %.0f training images/s (too few batches to time the input alone)", epoch + 1, rate)
+            return
         input_bound = rate >= INPUT_BOUND_SHARE * input_rate
         logs["input_images_per_second"] = input_rate
         logs["input_bound"] = float(input_bound)

@@ -21,7 +21,7 @@ from support import processes
 from support.records import sample_records
 from pipeline.converter import sample_data, conversion
 from pipeline.reader import augment  # noqa: F401  registers DeviceAugmentation for load_model
-from model import hardware, run_config, training
+from model import callbacks, hardware, run_config, training
 from model.commands import TRAIN
 
 REPO = Path(__file__).resolve().parents[1]
@@ -225,3 +225,15 @@ def test_jit_compile_reaches_the_model_the_setup_and_the_warnings():
     assert setup["xla"] == "on"
     (warning,) = hardware.cpu_only_warnings(cpu, False, True)
     assert warning.startswith("--jit_compile on a machine without a GPU")
+
+
+def test_the_input_probe_times_the_batches_after_the_first_and_says_none_without():
+    data = tf.data.Dataset.from_tensor_slices((tf.zeros([10, 2, 2, 3]), tf.zeros([10]))).batch(4)  # 4, 4, 2
+    assert callbacks.probe_input_rate(data) > 0
+    assert callbacks.probe_input_rate(data.take(1)) is None  # --steps_per_epoch=1: no verdict from nothing
+    throughput = callbacks.EpochThroughput(batch_size=4, input_data=data.take(1))
+    logs = {}
+    throughput.on_epoch_begin(0)
+    throughput.on_train_batch_end(0)
+    throughput.on_epoch_end(0, logs)
+    assert logs.keys() == {"images_per_second"}
