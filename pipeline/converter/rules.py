@@ -33,7 +33,7 @@ def check_out(src: str | None, out: str, overwrite: bool) -> None:
     if existing and not overwrite:
         more = ", ..." if len(existing) > 1 else ""
         raise ConversionError(
-            f"{out} already holds {existing[0]}{more}, which the conversion writes: "
+            f"{out} already holds {existing[0]}{more}, which a conversion into it replaces: "
             "pass --overwrite to replace them"
         )
 
