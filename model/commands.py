@@ -184,7 +184,8 @@ def _train() -> int | None:
             f"nothing to train (pass --epochs above {result.epochs_done} to continue it)"
         )
     else:
-        also = " and ".join(name for name, wanted in (("its export", config.export), ("pictures", config.pictures)) if wanted)
+        saved = (("its export", config.export), ("pictures", config.pictures))
+        also = " and ".join(name for name, wanted in saved if wanted)
         print(f"Saved the model{' with ' + also if also else ''} to {config.model_dir}")
     if result.test is not None:
         print("Test: " + ", ".join(f"{k} {v:.4f}" for k, v in result.test.items()))
@@ -292,8 +293,8 @@ probabilities (float32 [None, classes]) and classes (tf.string [None]).
 """
 EXPORT_FLAGS = flags.FlagValues()
 flags.DEFINE_string("model_dir", None, "A train.py --model_dir.", flag_values=EXPORT_FLAGS)
-flags.DEFINE_string("out", None, "The SavedModel folder, new or an earlier export (replaced); default: MODEL_DIR/export.",
-                    flag_values=EXPORT_FLAGS)
+flags.DEFINE_string("out", None, "The SavedModel folder, new or an earlier export (replaced); "
+                    "default: MODEL_DIR/export.", flag_values=EXPORT_FLAGS)
 
 
 def _export() -> None:

@@ -579,7 +579,8 @@ def test_existing_records_are_refused_then_replaced_with_overwrite(split_tree, t
     unrelated = out / "notes.txt"
     unrelated.write_text("kept")
 
-    with pytest.raises(conversion.ConversionError, match=r"already holds .*, which a conversion into it replaces: pass --overwrite"):
+    replaces = r"already holds .*, which a conversion into it replaces: pass --overwrite"
+    with pytest.raises(conversion.ConversionError, match=replaces):
         convert(split_tree.root, out)
     assert _shard_files(out) == old
     assert schema.read_manifest(str(out)).class_names == ("x", "y")

@@ -307,7 +307,8 @@ def summary_lines(pairs: tuple[schema.DuplicatePair, ...], mode: DuplicateMode) 
     identical = sum(pair.identical for pair in pairs)
     done = "dropped (the first copy kept)" if mode is DuplicateMode.DROP else "kept; --duplicates=drop keeps the first"
     lines = [
-        f"  duplicates {len(pairs):>7} {'pair' if len(pairs) == 1 else 'pairs'} ({identical} byte-identical, {len(pairs) - identical} near, "
+        f"  duplicates {len(pairs):>7} {'pair' if len(pairs) == 1 else 'pairs'} ({identical} byte-identical, "
+        f"{len(pairs) - identical} near, "
         f"perceptual hash distance <= {THRESHOLD}){', ' + done if pairs else ''}"
     ]
     for pair in pairs[:SUMMARY_PAIRS]:
