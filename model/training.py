@@ -144,13 +144,13 @@ def input_configs(
 def training_input(
     config: run_config.TrainConfig, manifest: schema.Manifest, cache: bool, position: dataset.EpochPosition | None
 ) -> tf.data.Dataset:
-    """The batches a run trains on: made here, each epoch at `position`, or by the tf.data service's workers."""
+    """The batches a run trains on: made here, each epoch at `position`, or by the
+    tf.data service's workers, an epoch per pass."""
     train_config, _ = input_configs(config, manifest.num_classes, cache)
     if config.data_service:
-        train_ds = dataset.train_dataset(config.records, train_config)
-        train_ds = dataset.on_trainer(service.distribute(train_ds, service.Address.parse(config.data_service)),
-                                      train_config.batch_size)
-        return train_ds.repeat() if config.steps_per_epoch else train_ds
+        on_workers = dataset.train_dataset(config.records, train_config)
+        address = service.Address.parse(config.data_service)
+        return dataset.on_trainer(service.distribute(on_workers, address), train_config.batch_size)
     return dataset.train_dataset(config.records, train_config, position=position,
                                  steps_per_epoch=config.steps_per_epoch)
 
@@ -299,7 +299,7 @@ def _fit(
     if stop is None or not stop.is_set():
         if position is not None:  # one pass per epoch, of the stated length
             train_ds = train_ds.apply(tf.data.experimental.assert_cardinality(steps))
-        elif not config.steps_per_epoch:
+        else:
             # The service's epochs back to back, `steps` batches each: Keras cut
             # an epoch longer than its first, and one short (a worker lost) now
             # shifts the next instead.
