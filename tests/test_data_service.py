@@ -51,8 +51,11 @@ class Cluster:
 
     def _start(self, name: str, *args: str) -> None:
         process = processes.start("data_service.py", *args)
-        line = next(process.lines(), "")  # printed once the server listens
+        lines = process.lines()
+        line, warning = next(lines, ""), next(lines, "")  # printed once the server listens
         assert "listening on port" in line, (name, line, process.output())
+        assert warning.startswith("data_service.py: warning: it listens on every network interface, with no "
+                                  "authentication"), (name, warning)
         self.processes[name] = process
 
     def start_worker(self, name: str, port: int | None = None) -> None:

@@ -36,6 +36,14 @@ flags.DEFINE_string(
 )
 
 
+# TF 2.21's servers take no bind address and no credentials (BUILD.md, GPUs and several machines).
+_EXPOSED = (
+    "data_service.py: warning: it listens on every network interface, with no authentication: whoever "
+    "reaches this port can have the workers run a dataset graph that reads any file they can read. "
+    "Let only the training job's own hosts reach it (a private network, or a firewall rule)"
+)
+
+
 def _serve() -> None:
     if FLAGS.role is service.Role.WORKER:
         if not FLAGS.dispatcher:
@@ -49,7 +57,7 @@ def _serve() -> None:
         server = service.start_dispatcher(FLAGS.port, FLAGS.work_dir)
     else:
         server = service.start_worker(dispatcher, FLAGS.port, FLAGS.host)
-    print(f"data_service.py: {FLAGS.role.value} listening on port {FLAGS.port}", flush=True)
+    print(f"data_service.py: {FLAGS.role.value} listening on port {FLAGS.port}\n{_EXPOSED}", flush=True)
     server.join()
 
 
