@@ -68,7 +68,7 @@ def _bench() -> None:
 
 
 BENCH = cli.Command(
-    "bench.py", __doc__, FLAGS, _bench, errors=(BenchmarkError, sources.SourceError, converter.ConversionError)
+    "bench.py", __doc__, FLAGS, _bench, errors=(BenchmarkError, sources.SourceError, converter.ConversionError, fileio.LockedError)
 )
 
 CONVERT_FLAGS = flags.FlagValues()

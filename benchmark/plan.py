@@ -9,6 +9,7 @@ and as train.py feeds it; the resident size over `STREAMING_EPOCHS` epochs.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import enum
@@ -31,6 +32,7 @@ from pipeline import schema
 from pipeline.converter import conversion
 from pipeline.reader import augment
 from pipeline.reader import dataset
+from pipeline.reader import guard
 from pipeline.reader import service
 from benchmark import BenchmarkError
 from benchmark import loaders
@@ -367,7 +369,8 @@ def run_benchmark(
         raise BenchmarkError(f"{split_dir} is not a folder: --src needs a {config.split}/ folder")
     _, idg_module = loaders.image_data_generator_class()
     machine, date = machine_info(), datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    with timing.frozen_heap(), tempfile.TemporaryDirectory(prefix="bench-records-") as scratch:
+    held = guard.hold(config.records) if config.records else contextlib.nullcontext()  # no conversion under it
+    with held, timing.frozen_heap(), tempfile.TemporaryDirectory(prefix="bench-records-") as scratch:
         original, resized, data = _prepare_records(config, scratch, log)
         run = _Run(config, data, original, resized, log)
         run.throughput_rows()

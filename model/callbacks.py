@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import keras
@@ -141,3 +142,21 @@ class HistoryFile(keras.callbacks.Callback):
         fileio.write_json(self.history_path, history)
         if self.plot_path:
             plots.plot_history(history, self.plot_path)
+
+
+class RecordsUnchanged(keras.callbacks.Callback):
+    """Stops the run at an epoch's start or end if its records were replaced meanwhile.
+
+    First in the list, so an epoch that read other records leaves no history,
+    checkpoint or backup. `check` raises (`guard.HeldRecords.check`).
+    """
+
+    def __init__(self, check: Callable[[], None]):
+        super().__init__()
+        self.check = check
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.check()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.check()

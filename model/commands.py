@@ -31,6 +31,7 @@ from pipeline import fileio  # noqa: E402
 from pipeline import schema  # noqa: E402
 from pipeline import verify  # noqa: E402
 from pipeline.reader import dataset  # noqa: E402
+from pipeline.reader import guard  # noqa: E402
 from model import evaluation  # noqa: E402
 from model import inference  # noqa: E402
 from model import run_config  # noqa: E402
@@ -159,6 +160,9 @@ def _stopped(config: run_config.TrainConfig, stopped: run_dir.Stopped, signum: i
     return 128 + signum
 
 
+_BACKUP_KEPT = "; the last backup is kept: run the same command to resume once the records are whole"
+
+
 def _train() -> int | None:
     config = cli.config_from_flags(run_config.TrainConfig, FLAGS)
     try:
@@ -168,9 +172,15 @@ def _train() -> int | None:
             except run_dir.Stopped as stopped:
                 return _stopped(config, stopped, received[0])
     except tf.errors.DataLossError:  # its message names no file: find the damaged shard
-        cli.fail(f"damaged records: {verify.find_damage(config.records).summary()}")
+        cli.fail(f"damaged records: {verify.find_damage(config.records).summary()}{_BACKUP_KEPT}")
     except tf.errors.InvalidArgumentError as e:  # a failed check of the reader names its shard
-        cli.fail(verify.error_text(e))
+        cli.fail(verify.error_text(e) + _BACKUP_KEPT)
+    except tf.errors.NotFoundError:  # a shard gone mid-run: TensorFlow's message is the whole graph's
+        try:
+            schema.check_shard_files(config.records, schema.read_manifest(config.records))
+        except FileNotFoundError as gone:
+            cli.fail(f"{gone}{_BACKUP_KEPT}")
+        raise  # every shard is there: not the records
     except (OSError, tf.errors.ResourceExhaustedError) as e:
         if not fileio.is_disk_full(e):
             raise
@@ -224,13 +234,15 @@ def _evaluate() -> None:
     records = EVAL_FLAGS.records or run.records
     if not records:
         cli.fail(f"{run.model_dir}/results.json names no records folder: pass --records")
-    manifest = schema.read_manifest(records)
-    manifest.split(EVAL_FLAGS.split, records)
-    if manifest.class_names != run.class_names:
-        cli.fail(f"{records} holds the classes {', '.join(manifest.class_names)}, "
-                 f"the model {', '.join(run.class_names)}: pass the records it was trained on")
-    config = dataset.InputConfig(image_size=run.image_size, batch_size=EVAL_FLAGS.batch_size)
-    report = evaluation.evaluate_split(run.load_model(), records, EVAL_FLAGS.split, config, run.class_names)
+    with guard.reading(records) as held:
+        manifest = held.manifest
+        manifest.split(EVAL_FLAGS.split, records)
+        if manifest.class_names != run.class_names:
+            cli.fail(f"{records} holds the classes {', '.join(manifest.class_names)}, "
+                     f"the model {', '.join(run.class_names)}: pass the records it was trained on")
+        config = dataset.InputConfig(image_size=run.image_size, batch_size=EVAL_FLAGS.batch_size)
+        report = evaluation.evaluate_split(run.load_model(), records, EVAL_FLAGS.split, config, run.class_names)
+        held.check("no report was written: run evaluate.py again")
     out = EVAL_FLAGS.out or os.path.join(run.model_dir, f"eval_{EVAL_FLAGS.split}")
     evaluation.write_report(report, out, EVAL_FLAGS.split)
     print(evaluation.per_class_table(report))
@@ -244,10 +256,13 @@ PREDICT_DOC = """predict.py: classifies photos with a trained model, as it was t
     python predict.py --model_dir=runs/cats_vs_dogs new_photos/ one.jpg gs://bucket/more/
     python predict.py --model_dir=runs/cats_vs_dogs --output=out.csv --strict photos/
 
-PATH: image files, folders (searched recursively) or URLs tf.io.gfile reads.
-The class names and image size come from the run. Writes a CSV: path,
+PATH: image files, folders (searched recursively; hidden files and folders,
+names starting with ".", are passed over and counted) or URLs tf.io.gfile
+reads. The class names, the image size and the records' stored size come
+from the run: a photo is read as its record was. Writes a CSV: path,
 predicted, confidence, p_<class> per class, error. A file that does not
-decode gets a row with its error; --strict then exits 1.
+decode gets a row with its error; exit 1 if no file could be predicted, or
+with --strict if any could not.
 """
 PREDICT_FLAGS = flags.FlagValues()
 flags.DEFINE_string("model_dir", None, "A train.py --model_dir.", flag_values=PREDICT_FLAGS)
@@ -264,9 +279,13 @@ def _predict(paths: list[str]) -> int:
         cli.fail("no PATH given: name image files, folders or URLs after the flags")
     if fileio.isdir(PREDICT_FLAGS.output):
         cli.fail(f"--output={PREDICT_FLAGS.output} is a folder: name the CSV file to write")
-    files = inference.image_files(paths)
+    hidden: list[str] = []
+    files = inference.image_files(paths, on_hidden=hidden.append)
+    passed_over = (f"{len(hidden)} hidden {'entry' if len(hidden) == 1 else 'entries'} (names starting "
+                   "with '.') passed over: name a hidden file to predict it") if hidden else ""
     if not files:
-        cli.fail(f"no image files ({', '.join(inference.IMAGE_SUFFIXES)}) under {' '.join(paths)}")
+        cli.fail(f"no image files ({', '.join(inference.IMAGE_SUFFIXES)}) under {' '.join(paths)}"
+                 + (f"; {passed_over}" if hidden else ""))
     model = run.load_model()
     with tqdm(total=len(files), unit="img", desc="predicting", disable=len(files) < _PROGRESS_FROM) as bar:
         predictions = inference.predict_files(run, model, files, PREDICT_FLAGS.batch_size,
@@ -276,8 +295,10 @@ def _predict(paths: list[str]) -> int:
     fileio.write_text(PREDICT_FLAGS.output, text.getvalue())
     failed = [p for p in predictions if p.error]
     print(f"Predicted {len(predictions) - len(failed)} of {len(predictions)} files into {PREDICT_FLAGS.output}"
-          + (f"; {len(failed)} could not be read or decoded (the error column says why)" if failed else ""))
-    return 1 if failed and PREDICT_FLAGS.strict else 0
+          + (f"; {len(failed)} could not be read or decoded (the error column says why)" if failed else "")
+          + (f"; {passed_over}" if hidden else ""))
+    # Nothing predicted at all is a failure even without --strict: no caller wants an empty result.
+    return 1 if failed and (PREDICT_FLAGS.strict or len(failed) == len(predictions)) else 0
 
 
 PREDICT = cli.Command("predict.py", PREDICT_DOC, PREDICT_FLAGS, _predict, errors=(FileNotFoundError, ValueError),

@@ -1,12 +1,14 @@
 """A finished run used on new photos: its classes and image size, predictions, the export.
 
-    model_dir: run.json (classes, image size), results.json (records), model.keras
+    model_dir: run.json (classes, image size, stored size), results.json (records), model.keras
     photos (files, folders, URLs) --files_dataset--> model --> Prediction rows
     model --export_model--> SavedModel: image_bytes -> preprocess_encoded -> model
                             -> probabilities, classes
 
 Every path decodes, resizes and scales with the reader's own
 `transforms.preprocess_encoded`, the records' evaluation decode: no copy.
+A run trained on records stored resized (convert.py --image_size) resizes a
+photo as the converter and the reader did (`transforms.as_stored`).
 """
 
 from __future__ import annotations
@@ -41,12 +43,16 @@ class TrainedRun:
       class_names: the classes, in label order.
       image_size: (height, width) the model takes.
       records: the records folder it was trained on, or "" if results.json does not say.
+      stored_size: (height, width) its records' images were stored at; None for
+        originals, and for a run.json from before it was kept (until train.py
+        runs in it again).
     """
 
     model_dir: str
     class_names: tuple[str, ...]
     image_size: tuple[int, int]
     records: str = ""
+    stored_size: tuple[int, int] | None = None
 
     @property
     def model_path(self) -> str:
@@ -58,11 +64,17 @@ class TrainedRun:
         return keras.models.load_model(self.model_path, compile=False)
 
 
-def _run_settings(data) -> tuple[tuple[str, ...], tuple[int, int]]:
+def _run_settings(data) -> tuple[tuple[str, ...], tuple[int, int], tuple[int, int] | None]:
+    """run.json -> (class names, image size, stored size or None)."""
     names, size = data["class_names"], data["image_size"]
+    stored = data.get(run_dir.STORED_SIZE_KEY)  # absent from a run.json of before it was kept
     if not (isinstance(names, list) and all(isinstance(n, str) for n in names) and isinstance(size, int)):
         raise TypeError("class names and an image size")
-    return tuple(names), (size, size)
+    if stored is not None and not (
+        isinstance(stored, list) and len(stored) == 2 and all(type(n) is int and n > 0 for n in stored)
+    ):
+        raise ValueError(f"it holds {run_dir.STORED_SIZE_KEY} {stored!r}, not [height, width] or null")
+    return tuple(names), (size, size), None if stored is None else (stored[0], stored[1])
 
 
 def open_run(model_dir: str) -> TrainedRun:
@@ -75,12 +87,13 @@ def open_run(model_dir: str) -> TrainedRun:
     path = os.path.join(model_dir, run_dir.RUN_FILENAME)
     if not fileio.exists(path):
         raise FileNotFoundError(f"{model_dir} holds no run ({run_dir.RUN_FILENAME} is not there): pass a train.py --model_dir")
-    class_names, image_size = fileio.read_state(path, _run_settings, "train again into another --model_dir")
+    class_names, image_size, stored_size = fileio.read_state(
+        path, _run_settings, "train again into another --model_dir")
     results = os.path.join(model_dir, "results.json")
     records = ""
     if fileio.exists(results):
         records = fileio.read_state(results, lambda data: str(data.get("records", "")), "train again to write it")
-    return TrainedRun(model_dir, class_names, image_size, records)
+    return TrainedRun(model_dir, class_names, image_size, records, stored_size)
 
 
 # --------------------------------------------------------------------------
@@ -96,23 +109,33 @@ class Prediction:
     error: str = ""
 
 
-def image_files(paths: Sequence[str]) -> list[str]:
-    """Files named, and the image files (IMAGE_SUFFIXES) found under folders named, recursively, sorted."""
+def image_files(paths: Sequence[str], on_hidden: Callable[[str], None] = lambda path: None) -> list[str]:
+    """Files named, and the image files (IMAGE_SUFFIXES) found under folders named, recursively, sorted.
+
+    Under a folder, hidden files and folders (names starting with ".": macOS's
+    `._x.jpg`, `.thumbnails/`) are passed over, as the converter skips them:
+    `on_hidden` gets each such image file and folder (a folder once, unread).
+    A file named is taken, hidden or not: the user asked for it.
+    """
     found = []
     for path in paths:
-        if tf.io.gfile.isdir(path):
-            for folder, _, files in tf.io.gfile.walk(path):
-                found.extend(sorted(os.path.join(folder, name) for name in files
-                                    if name.lower().endswith(IMAGE_SUFFIXES)))
-        else:
+        if not tf.io.gfile.isdir(path):
             found.append(path)
+            continue
+        for folder, subfolders, files in tf.io.gfile.walk(path):
+            for name in sorted(name for name in subfolders if name.startswith(".")):
+                on_hidden(os.path.join(folder, name))
+            subfolders[:] = [name for name in subfolders if not name.startswith(".")]  # walk prunes in place
+            images = sorted(name for name in files if name.lower().endswith(IMAGE_SUFFIXES))
+            for name in images:
+                (on_hidden if name.startswith(".") else found.append)(os.path.join(folder, name))
     return found
 
 
-def _error(path: str, image_size: tuple[int, int]) -> str:
+def _error(path: str, run: TrainedRun) -> str:
     """Why `path` did not decode: TensorFlow's message, from the same decode, eagerly."""
     try:
-        transforms.preprocess_encoded(tf.io.read_file(path), image_size)
+        transforms.preprocess_encoded(tf.io.read_file(path), run.image_size, run.stored_size)
     except (tf.errors.OpError, ValueError) as e:
         message = (getattr(e, "message", None) or str(e)).strip().splitlines()[0]
         # TensorFlow's wrapping ("{{function_node ...}} ... [Op:ReadFile]") names its kernel, not the problem.
@@ -130,7 +153,7 @@ def predict_files(
     """
     probabilities: dict[int, np.ndarray] = {}
     done = 0
-    for images, indices in dataset.files_dataset(list(paths), run.image_size, batch_size):
+    for images, indices in dataset.files_dataset(list(paths), run.image_size, batch_size, run.stored_size):
         batch = evaluation.class_probabilities(model(images, training=False)).numpy()
         probabilities.update(zip(indices.numpy().tolist(), batch))
         done = int(indices[-1]) + 1
@@ -138,7 +161,7 @@ def predict_files(
     progress(len(paths))
     return [
         Prediction(path, tuple(float(p) for p in probabilities[i])) if i in probabilities
-        else Prediction(path, error=_error(path, run.image_size))
+        else Prediction(path, error=_error(path, run))
         for i, path in enumerate(paths)
     ]
 
@@ -166,8 +189,8 @@ def export_model(run: TrainedRun, model: keras.Model, path: str | None = None) -
     Signature: `image_bytes` (`tf.string` [None]: JPEG, PNG, GIF, BMP or WebP)
     -> `probabilities` (float32 [None, classes], the run's class order) and
     `classes` (`tf.string` [None], the predicted class names). Decode, resize
-    and scaling are `transforms.preprocess_encoded`, inside the graph; a
-    device augmentation layer is off, as at any inference.
+    and scaling are `transforms.preprocess_encoded` (with the run's stored
+    size), inside the graph; a device augmentation layer is off, as at any inference.
 
     Returns:
       The folder written (`model_dir/export` by default); an earlier export
@@ -177,12 +200,12 @@ def export_model(run: TrainedRun, model: keras.Model, path: str | None = None) -
       ValueError: `path` holds something other than a SavedModel (left as it is).
     """
     path = path or os.path.join(run.model_dir, EXPORT_DIRNAME)
-    image_size, names = run.image_size, tf.constant(run.class_names)
+    image_size, stored_size, names = run.image_size, run.stored_size, tf.constant(run.class_names)
     spec = tf.TensorSpec(model.inputs[0].shape[1:], tf.float32)
 
     def serve(image_bytes):
-        images = tf.map_fn(lambda encoded: transforms.preprocess_encoded(encoded, image_size), image_bytes,
-                           fn_output_signature=spec)
+        images = tf.map_fn(lambda encoded: transforms.preprocess_encoded(encoded, image_size, stored_size),
+                           image_bytes, fn_output_signature=spec)
         probabilities = evaluation.class_probabilities(model(images, training=False))
         return {"probabilities": probabilities, "classes": tf.gather(names, tf.argmax(probabilities, axis=-1))}
 

@@ -33,6 +33,11 @@ from pipeline import fileio
 
 RUN_FILENAME = "run.json"
 RECORDS_KEY = "records"  # in run.json: a fingerprint of the records' manifest, not their folder (it may move)
+STORED_SIZE_KEY = "stored_size"  # in run.json: the records' [height, width], null for originals
+# Keys run.json gained after runs were kept without them. Each is a fact of the
+# records, which the fingerprint decides already: an older run.json lacking one
+# is the same run, and gains it at its next start.
+_ADDED_KEYS = (STORED_SIZE_KEY,)
 _STATE_FILENAME = "state.json"
 _WEIGHTS_SUFFIX = ".weights.h5"
 
@@ -52,7 +57,8 @@ def save_model(model: keras.Model, path: str) -> str:
 
 
 def record_settings(model_dir: str, settings: Mapping[str, Any]) -> None:
-    """Stores the run's settings, or checks them against the stored ones.
+    """Stores the run's settings, or checks them against the stored ones
+    (and adds to an older run.json the `_ADDED_KEYS` it lacks).
 
     Raises:
       RunMismatchError: `model_dir` holds a run with other settings.
@@ -65,16 +71,19 @@ def record_settings(model_dir: str, settings: Mapping[str, Any]) -> None:
     stored = fileio.read_state(
         path, _settings, f"delete it to keep the backup and record this command's settings, or delete {model_dir}"
     )
+    gained = {key: settings[key] for key in _ADDED_KEYS if key in settings and key not in stored}
     changed = [
         _change(key, stored.get(key), settings.get(key))
         for key in sorted(set(stored) | set(settings))
-        if stored.get(key) != settings.get(key)
+        if key not in gained and stored.get(key) != settings.get(key)
     ]
     if changed:
         raise RunMismatchError(
             f"--model_dir {model_dir} holds a run with other settings ({'; '.join(changed)}): "
             f"pass another --model_dir, or delete {model_dir} to start over"
         )
+    if gained:
+        fileio.write_json(path, {**stored, **gained})
 
 
 def _change(key: str, old: Any, new: Any) -> str:
@@ -194,11 +203,13 @@ class Backup(keras.callbacks.Callback):
         totals and counts of the batches before) to their own.
       mid_epoch: take mid-epoch backups at all (not on tf.data service, which
         resumes at the epoch).
+      check: called before every backup; raises to keep the last one (records
+        replaced under the run: `guard.HeldRecords.check`).
     """
 
     def __init__(
         self, backup_dir: str, every_steps: int | None = None, stop: threading.Event | None = None,
-        resume: BackupState | None = None, mid_epoch: bool = True,
+        resume: BackupState | None = None, mid_epoch: bool = True, check: Callable[[], None] = lambda: None,
     ):
         super().__init__()
         self.backup_dir = backup_dir
@@ -206,6 +217,7 @@ class Backup(keras.callbacks.Callback):
         self.stop = stop
         self.resume = resume
         self.mid_epoch = mid_epoch
+        self.check = check
         self._epoch, self._first_step, self._saved_totals = 0, 0, ()
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -241,6 +253,7 @@ class Backup(keras.callbacks.Callback):
         self._save(epoch + 1, 0)
 
     def _save(self, epoch: int, step: int) -> None:
+        self.check()
         tf.io.gfile.makedirs(self.backup_dir)
         name = f"epoch_{epoch:04d}" + (f"_step_{step:06d}" if step else "") + _WEIGHTS_SUFFIX
         self.model.save_weights(os.path.join(self.backup_dir, name), overwrite=True)
@@ -268,3 +281,39 @@ class EpochCheckpoint(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         tf.io.gfile.makedirs(self.folder)
         save_model(self.model, os.path.join(self.folder, f"epoch_{epoch + 1:03d}.keras"))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """What a run did: the contents of results.json.
+
+    Attributes:
+      epochs_done: epochs trained in all, over every resume.
+      last_epoch: the last epoch's logs (loss, accuracy, val_*, rates), or None.
+      files: "model" (and "model_h5") -> the path written.
+      setup: what the run used, as logged at start (`describe_setup`).
+      test: the test split's metrics (loss, accuracy), None without a test split;
+        the whole report is in `model_dir/eval_test/` (model.evaluation).
+      records: the records folder trained on, absolute (evaluate.py's default).
+      already_complete: the model_dir held a finished run of `epochs` or more,
+        so nothing was trained (not kept in results.json).
+    """
+
+    epochs_done: int
+    last_epoch: dict[str, float] | None
+    files: dict[str, str]
+    setup: dict[str, str]
+    test: dict[str, float] | None = None
+    already_complete: bool = False
+    records: str = ""
+
+    def to_json(self) -> dict:
+        data = {name: getattr(self, name) for name in ("epochs_done", "last_epoch", "files", "setup", "records")}
+        return data if self.test is None else {**data, "test": self.test}
+
+    @classmethod
+    def from_json(cls, data: dict, already_complete: bool = False) -> "TrainResult":
+        return cls(
+            int(data["epochs_done"]), data["last_epoch"], dict(data["files"]), dict(data["setup"]),
+            data.get("test"), already_complete, str(data.get("records", "")),
+        )

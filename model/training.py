@@ -14,14 +14,14 @@
 
 A rerun with the same model_dir resumes at the batch its backup holds (see
 model/run_dir.py); one with other settings is refused; one while another
-process trains in it, too (`fileio.held`).
+process trains in it, too (`fileio.held`). The records are held and
+checked while they are read (`guard`): a run never trains on, nor reports
+from, records replaced under it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import threading
 
 import keras
@@ -33,6 +33,7 @@ from pipeline import fileio
 from pipeline import schema
 from pipeline.reader import augment
 from pipeline.reader import dataset
+from pipeline.reader import guard
 from pipeline.reader import service
 from model import callbacks
 from model import cnn
@@ -47,12 +48,12 @@ from model import run_dir
 # the run streams from the records (a cache that does not fit kills the run).
 CACHE_MEMORY_SHARE = 0.5
 def run_settings(config: run_config.TrainConfig, manifest: schema.Manifest) -> dict:
-    """The settings that define a run: run_config.RUN_DEFINING_FIELDS, the records' identity and classes."""
-    records = {k: v for k, v in manifest.to_json().items() if k != "source"}  # the folder may move
-    fingerprint = hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()[:16]
+    """The settings that define a run: run_config.RUN_DEFINING_FIELDS, the records' identity, classes
+    and stored size (predict.py and the export resize a photo as the records were)."""
     settings = {name: getattr(config, name) for name in run_config.RUN_DEFINING_FIELDS}
     settings["augment_on"] = config.augment_on.value
-    return {**settings, run_dir.RECORDS_KEY: fingerprint, "class_names": list(manifest.class_names)}
+    return {**settings, run_dir.RECORDS_KEY: guard.fingerprint(manifest), "class_names": list(manifest.class_names),
+            run_dir.STORED_SIZE_KEY: manifest.stored_size}
 
 
 def cache_fits(num_images: int, image_size: int, available_bytes: int) -> bool:
@@ -91,16 +92,22 @@ def make_strategy(config: run_config.TrainConfig) -> tf.distribute.Strategy:
 
 
 def describe_setup(
-    config: run_config.TrainConfig, found: hardware.Hardware, strategy: tf.distribute.Strategy, cache_reason: str
+    config: run_config.TrainConfig, found: hardware.Hardware, strategy: tf.distribute.Strategy, cache_reason: str,
+    stored_size: tuple[int, int] | None = None,
 ) -> dict[str, str]:
-    """What the run uses, as logged at start and kept in results.json."""
+    """What the run uses, as logged at start and kept in results.json (`stored_size`: the records')."""
     if not config.augment:
         augmentation = "off"
     elif config.augment_on is run_config.AugmentOn.DEVICE:
         augmentation = "device (the model's first layer)"
     else:
         augmentation = "host (tf.data, OpenCV warp)"
+    # Said only where the records are resampled again: a size the user may not have meant.
+    resized = {} if stored_size in (None, (config.image_size,) * 2) else {"images": (
+        f"records stored at {stored_size[0]}x{stored_size[1]}, "
+        f"resized to {config.image_size}x{config.image_size} for the model")}
     return {
+        **resized,
         "devices": found.describe(),
         "strategy": (
             f"{config.strategy.value}: {strategy.num_replicas_in_sync} replica(s), "
@@ -183,7 +190,9 @@ def _callbacks(
     config: run_config.TrainConfig, train_ds: tf.data.Dataset, backup: run_dir.Backup
 ) -> list[keras.callbacks.Callback]:
     # The backup comes last: its commit says the epoch's history and checkpoint are written.
+    # The records' check comes first: an epoch that read other records writes none of them.
     return [
+        callbacks.RecordsUnchanged(backup.check),
         # With --data_service a probe of the input would start a new service job
         # (another distributed epoch) after every epoch: the training rate only.
         callbacks.EpochThroughput(config.batch_size, input_data=None if config.data_service else train_ds),
@@ -196,55 +205,17 @@ def _callbacks(
     ]
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainResult:
-    """What a run did: the contents of results.json.
-
-    Attributes:
-      epochs_done: epochs trained in all, over every resume.
-      last_epoch: the last epoch's logs (loss, accuracy, val_*, rates), or None.
-      files: "model" (and "model_h5") -> the path written.
-      setup: what the run used, as logged at start (`describe_setup`).
-      test: the test split's metrics (loss, accuracy), None without a test split;
-        the whole report is in `model_dir/eval_test/` (model.evaluation).
-      records: the records folder trained on, absolute (evaluate.py's default).
-      already_complete: the model_dir held a finished run of `epochs` or more,
-        so nothing was trained (not kept in results.json).
-    """
-
-    epochs_done: int
-    last_epoch: dict[str, float] | None
-    files: dict[str, str]
-    setup: dict[str, str]
-    test: dict[str, float] | None = None
-    already_complete: bool = False
-    records: str = ""
-
-    def to_json(self) -> dict:
-        data = {name: getattr(self, name) for name in ("epochs_done", "last_epoch", "files", "setup", "records")}
-        return data if self.test is None else {**data, "test": self.test}
-
-    @classmethod
-    def from_json(cls, data: dict, already_complete: bool = False) -> "TrainResult":
-        return cls(
-            int(data["epochs_done"]), data["last_epoch"], dict(data["files"]), dict(data["setup"]),
-            data.get("test"), already_complete, str(data.get("records", "")),
-        )
-
-
-def _open_records(config: run_config.TrainConfig) -> schema.Manifest:
-    """The records' manifest, once the settings that fail without work are checked."""
-    if not config.records:
-        raise ValueError("--records is required: a folder written by convert.py")
-    if config.data_service:
-        service.check_reachable(service.Address.parse(config.data_service))  # fails before any work
-    manifest = schema.read_manifest(config.records)
+def _check_records(config: run_config.TrainConfig, manifest: schema.Manifest) -> None:
+    """Fails before any work what would otherwise fail mid-epoch: no train split, missing shards, no dispatcher."""
     manifest.split("train", config.records)
-    schema.check_shard_files(config.records, manifest)  # before any work, not when an epoch reaches it
-    return manifest
+    schema.check_shard_files(config.records, manifest)
+    if config.data_service:
+        service.check_reachable(service.Address.parse(config.data_service))
 
 
-def _finished_run(config: run_config.TrainConfig, manifest: schema.Manifest) -> tuple[int, TrainResult | None]:
+def _finished_run(
+    config: run_config.TrainConfig, manifest: schema.Manifest
+) -> tuple[int, run_dir.TrainResult | None]:
     """(epochs the model_dir's backup holds, its result if the run is already finished).
 
     Refuses a model_dir that holds another run (run_dir.RunMismatchError).
@@ -254,13 +225,13 @@ def _finished_run(config: run_config.TrainConfig, manifest: schema.Manifest) -> 
     if done >= config.epochs and tf.io.gfile.exists(config.path("results.json")):
         logging.info("%s already holds a finished run of %d epochs", config.model_dir, done)
         remedy = "delete it to evaluate the finished run again"
-        result = fileio.read_state(config.path("results.json"), TrainResult.from_json, remedy)
+        result = fileio.read_state(config.path("results.json"), run_dir.TrainResult.from_json, remedy)
         return done, dataclasses.replace(result, already_complete=True)
     return done, None
 
 
 def _fit(
-    config: run_config.TrainConfig, manifest: schema.Manifest, model: keras.Model, cache: bool,
+    config: run_config.TrainConfig, records: guard.HeldRecords, model: keras.Model, cache: bool,
     eval_config: dataset.InputConfig, stop: threading.Event | None,
 ) -> None:
     """model.fit on the run's training input from its backup, validating on the validation split if any.
@@ -270,7 +241,9 @@ def _fit(
 
     Raises:
       run_dir.Stopped: `stop` was set.
+      guard.RecordsChangedError: the records were replaced; the last backup is of the run's own.
     """
+    manifest = records.manifest
     resume = run_dir.restore(model, config.path("backup"))
     first_epoch, first_step = (resume.epoch, resume.step) if resume else (0, 0)
     if config.data_service:  # its workers make whole epochs: a mid-epoch backup resumes at the epoch
@@ -286,7 +259,8 @@ def _fit(
         if config.validation_steps:
             val_ds = val_ds.repeat()
     backup = run_dir.Backup(config.path("backup"), config.backup_every_steps, stop,
-                            resume if first_step else None, mid_epoch=not config.data_service)
+                            resume if first_step else None, mid_epoch=not config.data_service,
+                            check=lambda: records.check(_records_remedy(config)))
     fit = dict(
         validation_data=val_ds, validation_steps=config.validation_steps if val_ds is not None else None,
         callbacks=[*_callbacks(config, train_ds, backup), callbacks.FollowEpochs(position, first_epoch, first_step)],
@@ -310,11 +284,18 @@ def _fit(
         raise run_dir.Stopped(run_dir.completed_epochs(config.path("backup")), 0, backed_up=True)
 
 
+def _records_remedy(config: run_config.TrainConfig) -> str:
+    return (f"nothing was reported from other records, and the last backup in {config.path('backup')} is of "
+            "the run's own: put them back and run the same command to resume, or train on the new ones "
+            "into another --model_dir")
+
+
 def _save_results(
-    config: run_config.TrainConfig, manifest: schema.Manifest, model: keras.Model, setup: dict[str, str],
+    config: run_config.TrainConfig, records: guard.HeldRecords, model: keras.Model, setup: dict[str, str],
     eval_config: dataset.InputConfig,
-) -> TrainResult:
+) -> run_dir.TrainResult:
     """Saves the model, evaluates the test split if any, and writes results.json."""
+    manifest = records.manifest
     files = {"model": config.path("model.keras")}
     if config.save_h5:
         files["model_h5"] = config.path("model.h5")
@@ -324,42 +305,59 @@ def _save_results(
     test = None
     if "test" in manifest.splits:
         report = evaluation.evaluate_split(model, config.records, "test", eval_config, manifest.class_names)
+        records.check(_records_remedy(config))  # the report is of the run's own records, or none
         evaluation.write_report(report, config.path("eval_test"), "test", pictures=config.pictures)
         test = {"accuracy": report.accuracy, "loss": report.loss}
         logging.info("test: %s", test)
-    run = inference.TrainedRun(config.model_dir, manifest.class_names, (config.image_size,) * 2, config.records)
+    run = inference.TrainedRun(config.model_dir, manifest.class_names, (config.image_size,) * 2, config.records,
+                               manifest.stored_size)
     if config.export:
         files["export"] = inference.export_model(run, model)
-    result = TrainResult(len(history), history[-1] if history else None, files, setup, test,
+    result = run_dir.TrainResult(len(history), history[-1] if history else None, files, setup, test,
                          records=fileio.absolute(config.records))  # evaluate.py may run from elsewhere
     fileio.write_json(config.path("results.json"), result.to_json())
     return result
 
 
-def train_and_evaluate(config: run_config.TrainConfig, stop: threading.Event | None = None) -> TrainResult:
+def train_and_evaluate(
+    config: run_config.TrainConfig, stop: threading.Event | None = None
+) -> run_dir.TrainResult:
     """Trains (or resumes training), saves everything listed in the module doc.
 
     `stop`, once set (train.py sets it on SIGTERM and Ctrl-C), ends training
     at the next batch, with a backup of that batch: run_dir.Stopped.
 
+    The records are held shared while the run reads them (a conversion into
+    them is refused), and checked against the manifest it started with at
+    each epoch's start and end, before each backup and after the test split's
+    evaluation (`guard.HeldRecords`).
+
     Raises:
-      ValueError: no records, records without a train split, or (as
-        run_dir.RunMismatchError) a model_dir that holds another run.
+      ValueError: no records, records without a train split, (as
+        run_dir.RunMismatchError) a model_dir that holds another run, (as
+        fileio.LockedError) records being converted or a model_dir in use, or
+        (as guard.RecordsChangedError) records replaced during the run.
       FileNotFoundError: the records folder has no manifest.
     """
-    manifest = _open_records(config)
-    tf.io.gfile.makedirs(config.model_dir)
+    if not config.records:
+        raise ValueError("--records is required: a folder written by convert.py")
     remedy = "wait for that run to end, or pass another --model_dir"
     policy = keras.mixed_precision.global_policy()
     try:
-        with fileio.held(config.model_dir, "train.py", remedy):
-            return _train(config, manifest, stop)
+        with guard.reading(config.records) as records:
+            _check_records(config, records.manifest)
+            tf.io.gfile.makedirs(config.model_dir)
+            with fileio.held(config.model_dir, remedy):
+                return _train(config, records, stop)
     finally:  # a run sets the global precision policy; its caller gets its own back
         keras.mixed_precision.set_global_policy(policy)
 
 
-def _train(config: run_config.TrainConfig, manifest: schema.Manifest, stop: threading.Event | None) -> TrainResult:
-    """train_and_evaluate, with the model_dir held."""
+def _train(
+    config: run_config.TrainConfig, records: guard.HeldRecords, stop: threading.Event | None
+) -> run_dir.TrainResult:
+    """train_and_evaluate, with the records and the model_dir held."""
+    manifest = records.manifest
     found = hardware.detect()
     config = run_config.resolve_augment_on(config, found)
     done, finished = _finished_run(config, manifest)
@@ -373,7 +371,7 @@ def _train(config: run_config.TrainConfig, manifest: schema.Manifest, stop: thre
     strategy = make_strategy(config)
     with strategy.scope():
         model = build_model(config, manifest.num_classes)
-    setup = describe_setup(config, found, strategy, cache_reason)
+    setup = describe_setup(config, found, strategy, cache_reason, manifest.stored_size)
     logging.info("setup:\n%s", "\n".join(f"  {key:<13} {value}" for key, value in setup.items()))
     for warning in hardware.cpu_only_warnings(found, config.mixed_precision, config.jit_compile):
         logging.warning("%s", warning)
@@ -385,5 +383,5 @@ def _train(config: run_config.TrainConfig, manifest: schema.Manifest, stop: thre
         pictures.save_input_pictures(
             config.model_dir, config.records, manifest, *input_configs(config, manifest.num_classes), config.seed
         )
-    _fit(config, manifest, model, cache, eval_config, stop)
-    return _save_results(config, manifest, model, setup, eval_config)
+    _fit(config, records, model, cache, eval_config, stop)
+    return _save_results(config, records, model, setup, eval_config)

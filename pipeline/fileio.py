@@ -301,24 +301,27 @@ def read_state(path: str, check: Callable[[Any], T], remedy: str) -> T:
 
 
 class LockedError(ValueError):
-    """A folder is held by another process: the message names it (host and PID)."""
+    """A folder is held by another process: the message names it (program, PID and host)."""
 
 
 @contextlib.contextmanager
-def held(folder: str, holder: str, remedy: str) -> Iterator[None]:
+def held(folder: str, remedy: str, shared: bool = False) -> Iterator[None]:
     """Holds the local folder `folder` for this process while the block runs.
 
     The lock is `flock` on the folder itself: no file is made, and the kernel
     releases it when the process ends, however it ends, so a killed holder's
-    folder is free at once. A URL folder is not locked: object stores have no
-    lock (BUILD.md, failures).
+    folder is free at once. A writer (a conversion into it, a training run in
+    its model_dir) holds it exclusively; readers of records (`shared`) hold it
+    together, and keep writers out while they read. A URL folder is not
+    locked: object stores have no lock (BUILD.md, failures).
 
     Args:
-      holder: what holds it, e.g. "train.py", for the refused run's line.
       remedy: what the refused run can do, ending its line.
+      shared: a reader's hold, which other readers share.
 
     Raises:
-      LockedError: another process holds it; the line names the host and PID.
+      LockedError: another process holds it in a way that excludes this
+        hold; the line names that process's program, PID and host.
     """
     if is_url(folder):
         yield
@@ -326,26 +329,45 @@ def held(folder: str, holder: str, remedy: str) -> Iterator[None]:
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
-            pid = _flock_holder(os.fstat(fd))
-            who = f"{holder} on host {socket.gethostname()}" + (f", PID {pid}" if pid else "")
-            raise LockedError(f"{folder} is in use by {who}: {remedy}") from None
+            raise LockedError(f"{folder} is in use by {_holders(os.fstat(fd))}: {remedy}") from None
         yield
     finally:
         os.close(fd)  # and with it the lock
 
 
-def _flock_holder(st: os.stat_result) -> int | None:
-    """The PID that holds a flock on the file of `st`, from /proc/locks (Linux); None if unknown."""
+def _holders(st: os.stat_result) -> str:
+    """Who holds a flock on the file of `st`, e.g. "train.py (PID 12) on host h", from /proc/locks (Linux)."""
     where = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    pids = []
     with contextlib.suppress(OSError):
         with open("/proc/locks") as f:
             for line in f:
                 fields = line.split()
                 if "FLOCK" in fields and where in fields:
-                    return int(fields[fields.index(where) - 1])
-    return None
+                    pids.append(int(fields[fields.index(where) - 1]))
+    host = socket.gethostname()
+    if not pids:
+        return f"another process on host {host}"
+    return ", ".join(f"{_program(pid)} (PID {pid})" for pid in dict.fromkeys(pids)) + f" on host {host}"
+
+
+def _program(pid: int) -> str:
+    """The script or module a process runs (`train.py`, `pytest`), from its command line; "a process" if unknown."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = [arg.decode(errors="replace") for arg in f.read().split(b"\0") if arg]
+    except OSError:
+        return "a process"
+    for i, arg in enumerate(argv):
+        if arg.endswith(".py"):
+            return os.path.basename(arg)
+        if arg == "-m" and i + 1 < len(argv):
+            return argv[i + 1]
+    if len(argv) > 1 and "python" in os.path.basename(argv[0]) and not argv[1].startswith("-"):
+        return os.path.basename(argv[1])  # a console script, e.g. tfr-train
+    return os.path.basename(argv[0]) if argv else "a process"
 
 
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)

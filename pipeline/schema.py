@@ -26,6 +26,9 @@ SCHEMA_VERSION = 2
 READABLE_SCHEMA_VERSIONS = (1, 2)
 MANIFEST_FILENAME = "manifest.json"
 FILE_FORMAT = "tfrecord"
+# The quality of the JPEGs the converter encodes; the reader repeats that encode for a
+# file given to predict.py when the records were stored resized (`transforms.as_stored`).
+STORED_JPEG_QUALITY = 95
 
 # Feature keys; also the TFDS feature names.
 IMAGE_KEY = "image"

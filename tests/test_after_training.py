@@ -138,6 +138,45 @@ def test_predict_writes_a_row_per_file_and_an_error_row_for_a_broken_one(finishe
     ]
 
 
+def test_predict_passes_over_hidden_entries_of_folders_and_fails_when_nothing_predicts(finished_run, split_tree,
+                                                                                     tmp_path):
+    _, model_dir = finished_run
+    photos, output = tmp_path / "photos", tmp_path / "out.csv"
+    source = split_tree.split("test")[0].path
+    photos.mkdir()
+    shutil.copy(source, photos / "seen.jpg")
+    (photos / "._seen.jpg").write_bytes(b"\0\5\26\7 macOS AppleDouble")  # not an image: was an error row
+    (photos / ".DS_Store").write_bytes(b"junk")  # not an image file by its name: never counted
+    (photos / ".thumbnails").mkdir()
+    shutil.copy(source, photos / ".thumbnails" / "seen.jpg")
+    shutil.copy(source, tmp_path / ".named.jpg")
+
+    done = cli.run(PREDICT, f"--model_dir={model_dir}", f"--output={output}", photos, tmp_path / ".named.jpg")
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = _csv(output)
+    assert [row["path"] for row in rows] == [str(photos / "seen.jpg"), str(tmp_path / ".named.jpg")]
+    assert not any(row["error"] for row in rows)
+    assert done.stdout.strip().splitlines()[-1] == (
+        f"Predicted 2 of 2 files into {output}; 2 hidden entries (names starting with '.') passed over: "
+        "name a hidden file to predict it")
+
+    # Nothing predicted: exit 1 even without --strict, the closing line as ever.
+    (tmp_path / "cut.jpg").write_bytes(source.read_bytes()[:100])
+    none = cli.run(PREDICT, f"--model_dir={model_dir}", f"--output={output}",
+                   tmp_path / "cut.jpg", tmp_path / "gone.jpg")
+    assert none.returncode == 1 and "Traceback" not in none.stderr
+    assert none.stdout.strip().splitlines()[-1] == (
+        f"Predicted 0 of 2 files into {output}; 2 could not be read or decoded (the error column says why)")
+    assert [bool(row["error"]) for row in _csv(output)] == [True, True]
+    # A hidden folder named is searched; a folder of hidden entries only is one line.
+    named = cli.run(PREDICT, f"--model_dir={model_dir}", f"--output={output}", photos / ".thumbnails")
+    assert named.returncode == 0 and "Predicted 1 of 1 files" in named.stdout
+    (photos / "seen.jpg").unlink()
+    only_hidden = cli.run(PREDICT, f"--model_dir={model_dir}", f"--output={output}", photos)
+    assert only_hidden.returncode == 1 and only_hidden.stderr.strip().splitlines()[-1].endswith(
+        f"under {photos}; 2 hidden entries (names starting with '.') passed over: name a hidden file to predict it")
+
+
 @pytest.mark.parametrize("command, args, message", [
     (EVALUATE, [], "--model_dir is required"),
     (PREDICT, ["--model_dir={model_dir}"], "no PATH given"),

@@ -142,9 +142,23 @@ def test_categorical_labels_for_three_classes(three_classes):
     assert labels.shape == (9, 3)
     for source, label in zip(_identify_solid(tree, images), labels):
         np.testing.assert_array_equal(label, np.eye(3)[["ant", "bee", "cow"].index(source.class_name)])
-    # Binary labels of a 3-class folder are the raw indices, as float.
-    _, binary = _epoch(dataset.eval_dataset(str(records), "train", _config(image_size=(8, 8))))
-    assert sorted(Counter(binary.tolist()).items()) == [(0.0, 3), (1.0, 2), (2.0, 4)]
+    sparse = _epoch(dataset.eval_dataset(str(records), "train", _config(class_mode="sparse", image_size=(8, 8))))[1]
+    assert sorted(Counter(sparse.tolist()).items()) == [(0, 3), (1, 2), (2, 4)]
+
+
+def test_binary_labels_of_three_classes_are_refused_when_a_dataset_is_built(three_classes):
+    """The default class_mode, "binary", on 3 classes gave float labels 0-2; Keras refuses it too."""
+    _, records = three_classes
+    expected = ('class_mode="binary" needs exactly 2 classes, but the records hold 3 (ant, bee, cow): '
+                'pass class_mode="categorical" (one-hot labels) or "sparse" (class indices)')
+    config = _config()  # InputConfig alone knows no classes: accepted
+    assert config.class_mode == "binary"
+    for build in (lambda: dataset.eval_dataset(str(records), "train", config),
+                  lambda: dataset.train_dataset(str(records), config),
+                  lambda: dataset.train_dataset(str(records), _config(seed=1), position=dataset.EpochPosition())):
+        with pytest.raises(ValueError) as raised:
+            build()
+        assert str(raised.value) == expected
 
 
 def test_gradients_come_back_up_to_the_resize(gradients):

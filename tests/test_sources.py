@@ -9,9 +9,12 @@ from collections import Counter
 
 import pytest
 
-from support.images import make_image_tree
+from support.images import PALETTE, image_array, make_image_tree, save_image
 from support.records import copy_tree_to
+from pipeline import schema
+from pipeline.converter import rules
 from pipeline.converter import sources
+from pipeline.converter import walk
 
 
 @pytest.fixture(scope="module")
@@ -126,11 +129,13 @@ def test_validation_fraction_with_split_folders_is_refused(split_tree):
         sources.scan_image_folder(str(split_tree.root), validation_fraction=0.5)
 
 
-def test_hidden_entries_are_ignored_and_subfolders_are_walked(tmp_path):
+def test_hidden_entries_are_skipped_with_their_reason_and_subfolders_are_walked(tmp_path):
     tree = make_image_tree(tmp_path / "src", "flat", {"cats": 2, "dogs": 1}, (8, 8))
     (tree.root / "cats" / ".DS_Store").write_bytes(b"junk")
+    (tree.root / "cats" / "._cats.000.jpg").write_bytes(b"\0\5\26\7 macOS AppleDouble")
     (tree.root / ".cache").mkdir()
     (tree.root / ".cache" / "x.jpg").write_bytes(b"junk")
+    (tree.root / ".DS_Store").write_bytes(b"junk")  # a loose file beside the class folders, as any other
     nested = tree.root / "dogs" / "more" / "dog.x.jpg"
     nested.parent.mkdir()
     nested.write_bytes(tree.images[0].path.read_bytes())
@@ -142,6 +147,54 @@ def test_hidden_entries_are_ignored_and_subfolders_are_walked(tmp_path):
     assert _relpaths(scan.splits["train"]) == sorted(
         [im.relpath for im in tree.images] + [os.path.join("dogs", "more", "dog.x.jpg")]
     )
+    # A hidden folder is one entry: its files are not looked at.
+    assert [(os.path.relpath(s.path, tree.root), s.split, s.reason) for s in scan.skipped] == [
+        (".cache", "train", f"{walk.HIDDEN}: not a class folder"),
+        ("cats/.DS_Store", "train", walk.HIDDEN),
+        ("cats/._cats.000.jpg", "train", walk.HIDDEN),
+        ("dogs/.hidden", "train", walk.HIDDEN),
+    ]
+
+
+def test_classes_naming_a_hidden_folder_says_why_it_is_not_taken(tmp_path):
+    counts = {"train": {"cats": 1, "dogs": 1}, "validation": {"cats": 1, "dogs": 1}}
+    tree = make_image_tree(tmp_path / "src", "split", counts, (8, 8))
+    make_image_tree(tmp_path / "more", "flat", {".hidden": 2}, (8, 8))
+    os.rename(tmp_path / "more" / ".hidden", tree.root / "train" / ".hidden")
+    (tree.root / ".git").mkdir()  # beside the split folders: neither a split nor a class, not listed
+
+    scan = sources.scan_image_folder(str(tree.root))
+    assert scan.class_names == ("cats", "dogs")
+    assert _reasons(scan, tree.root) == {"train/.hidden": f"{walk.HIDDEN}: not a class folder"}
+    message = ("--classes names .hidden, a hidden folder (its name starts with '.'): hidden folders are "
+               "never classes (macOS and tools keep their own files in them); rename it")
+    with pytest.raises(sources.SourceError) as raised:
+        sources.scan_image_folder(str(tree.root), classes=["cats", "dogs", ".hidden"])
+    assert str(raised.value) == message
+    only_hidden = tmp_path / "only_hidden"
+    (only_hidden / ".thumbnails").mkdir(parents=True)
+    with pytest.raises(sources.SourceError, match=r"has no class folders \(hidden ones are not classes: .thumbnails\)"):
+        sources.scan_image_folder(str(only_hidden))
+
+
+def test_the_hold_out_deals_out_only_files_that_will_be_stored(tmp_path):
+    """One real photo per class beside junk: without the header check, some seeds put
+    the photo in validation and junk in train ("class has no image in train")."""
+    tree = make_image_tree(tmp_path / "src", "flat", {"cats": 1, "dogs": 3}, (8, 8))
+    cats = tree.root / "cats"
+    (cats / "Thumbs.db").write_bytes(bytes.fromhex("d0cf11e0a1b11ae1") + bytes(504))  # an OLE2 file
+    (cats / "empty.jpg").write_bytes(b"")
+    (cats / "notes.jpg").write_text("not a photo\n")
+    save_image(image_array("solid", (16, 16), PALETTE[9]), tree.root / "dogs" / "big.jpg")  # 8x8 the others
+    expected = {"cats/empty.jpg": walk.EMPTY, "cats/Thumbs.db": "not an image", "cats/notes.jpg": "not an image",
+                "dogs/big.jpg": "16x16 pixels, over --max_pixels=100"}
+    for seed in range(8):
+        scan = sources.scan_image_folder(str(tree.root), validation_fraction=0.5, seed=seed, max_pixels=100)
+        assert _relpaths(scan.splits["train"])[:1] == ["cats/cats.000.jpg"], seed
+        assert Counter(im.class_name for im in scan.splits["validation"]) == {"dogs": 2}, seed
+        assert _reasons(scan, tree.root) == expected
+    # The empty file is the walk's (its size says it); the rest needs a header, read for a hold-out only.
+    assert _reasons(sources.scan_image_folder(str(tree.root)), tree.root) == {"cats/empty.jpg": walk.EMPTY}
 
 
 def test_class_missing_from_one_split_keeps_global_labels(tmp_path):
@@ -262,7 +315,7 @@ def test_symlinked_folders_inside_src_are_followed(tmp_path):
     os.symlink("../.shared", tree.root / "cats" / "more")
     scan = sources.scan_image_folder(str(tree.root))
     assert "cats/more/extra.jpg" in _relpaths(scan.splits["train"])
-    assert not scan.skipped
+    assert _reasons(scan, tree.root) == {".shared": f"{walk.HIDDEN}: not a class folder"}
 
 
 def test_broken_links_special_files_and_large_files_are_skipped_with_reasons(tmp_path):
@@ -355,6 +408,8 @@ def test_a_tree_at_a_url_lists_as_it_does_on_disk(tmp_path, layout):
     (class_folder / "more").mkdir()
     (class_folder / "more" / "nested.jpg").write_bytes(tree.images[0].path.read_bytes())
     (class_folder / ".hidden.jpg").write_bytes(b"junk")
+    (class_folder / "notes.jpg").write_text("not a photo")  # the flat layout's hold-out reads its header
+    (class_folder / "empty.jpg").write_bytes(b"")
     (tree.root / ".cache").mkdir()
     remote = _to_ram(tree.root)
     kwargs = {"validation_fraction": 0.3, "seed": 4} if layout == "flat" else {}
@@ -362,6 +417,9 @@ def test_a_tree_at_a_url_lists_as_it_does_on_disk(tmp_path, layout):
     at_url = sources.scan_image_folder(remote + "/", **kwargs)
     assert _listing(at_url, remote) == _listing(on_disk, tree.root)
     assert "cats/more/nested.jpg" in _relpaths(im for images in at_url.splits.values() for im in images)
+    reasons = {os.path.basename(s.path): s.reason for s in at_url.skipped}
+    assert reasons[".hidden.jpg"] == walk.HIDDEN and reasons["empty.jpg"] == walk.EMPTY
+    assert reasons.get("notes.jpg") == ("not an image" if layout == "flat" else None)
     assert all(im.path.startswith(remote + "/") for images in at_url.splits.values() for im in images)
     assert all(im.mtime_ns for images in on_disk.splits.values() for im in images)
 
@@ -382,3 +440,47 @@ def test_the_size_limit_and_unusable_urls(tmp_path):
         sources.scan_image_folder(remote + "/nothing")
     with pytest.raises(sources.SourceError, match="no class folders"):
         sources.scan_image_folder(f"{remote}/cats")
+
+
+# --------------------------------------------------------------------------
+# convert.py on such a tree: the summary and manifest.json list the skips.
+
+
+def test_convert_lists_hidden_and_junk_files_and_holds_out_only_photos(tmp_path):
+    from support import cli
+    from pipeline import schema
+    from pipeline.converter.commands import CONVERT
+
+    tree = make_image_tree(tmp_path / "src", "flat", {"cats": 1, "dogs": 2}, (8, 8))
+    (tree.root / "cats" / "Thumbs.db").write_bytes(bytes.fromhex("d0cf11e0a1b11ae1") + bytes(504))
+    (tree.root / "cats" / "._cats.000.jpg").write_bytes(b"\0\5\26\7 macOS AppleDouble")
+    (tree.root / ".hidden").mkdir()
+    out = tmp_path / "records"
+    done = cli.run(CONVERT, f"--src={tree.root}", f"--out={out}", "--validation_fraction=0.5", "--seed=3",
+                   "--workers=1", "--nodata_report")
+    assert done.returncode == 0, done.stderr
+    expected = {".hidden": f"{walk.HIDDEN}: not a class folder", "cats/._cats.000.jpg": walk.HIDDEN,
+                "cats/Thumbs.db": "not an image"}
+    manifest = schema.read_manifest(str(out))
+    assert {os.path.relpath(s.path, tree.root): s.reason for s in manifest.skipped} == expected
+    assert f"{tree.root / 'cats/Thumbs.db'}: not an image" in done.stdout
+    assert "2 hidden (names starting with '.'), e.g. " in done.stdout  # the manifest lists each
+    assert manifest.splits["train"].class_counts == {"cats": 1, "dogs": 1}
+    assert manifest.splits["validation"].class_counts == {"cats": 0, "dogs": 1}
+
+    hidden_class = cli.run(CONVERT, f"--src={tree.root}", f"--out={tmp_path / 'never'}", "--classes=cats,dogs,.hidden")
+    assert hidden_class.returncode == 1 and not (tmp_path / "never").exists()
+    assert hidden_class.stderr.strip().splitlines()[-1].startswith(
+        "convert.py: error: --classes names .hidden, a hidden folder (its name starts with '.')")
+
+
+def test_hidden_files_fold_into_one_summary_line_and_do_not_fail_strict():
+    skipped = [schema.SkippedFile(f"src/cats/._{i}.jpg", "train", walk.HIDDEN) for i in range(5)]
+    skipped.append(schema.SkippedFile("src/cats/Thumbs.db", "train", "not an image"))
+    assert walk.skip_lines(skipped) == [
+        "    src/cats/Thumbs.db: not an image",
+        "    5 hidden (names starting with '.'), e.g. src/cats/._0.jpg, src/cats/._1.jpg and 3 more",
+    ]
+    rules.check_strict(skipped[:5])  # a Mac's own files are not the data's problems
+    with pytest.raises(rules.ConversionError, match=r"--strict: src/cats/Thumbs.db: not an image$"):
+        rules.check_strict(skipped)

@@ -11,6 +11,9 @@ the last complete backup.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
 import subprocess
 import textwrap
 from pathlib import Path
@@ -24,6 +27,7 @@ from pipeline import schema
 from model import run_config
 from model import training
 from model.commands import TRAIN
+from pipeline.converter.commands import CONVERT
 
 COMMON = ["--batch_size=6", "--image_size=32", "--nocache", "--verbose=2", "--noexport", "--nopictures"]
 
@@ -38,13 +42,13 @@ def run_train(*args: str) -> subprocess.CompletedProcess:
     return cli.run(TRAIN, *args)
 
 
-def _start_and_kill_at(args: list[str], marker: str, driver: Path | None = None) -> str:
-    """Starts `python train.py` (or a driver around it), SIGKILLs it by PID once `marker` is printed.
+def _start_and_kill_at(args: list[str], marker: str) -> str:
+    """Starts `python train.py`, SIGKILLs it by PID once `marker` is printed.
 
     Returns:
       Everything the process printed up to the kill.
     """
-    with processes.start(driver or "train.py", *args, merge_stderr=True) as process:
+    with processes.start("train.py", *args, merge_stderr=True) as process:
         return processes.kill_at(process, marker)
 
 
@@ -78,13 +82,25 @@ _DRIVER = textwrap.dedent(
 )
 
 
-def test_kill_inside_a_mid_epoch_backup_write_resumes_from_the_backup_before(records, tmp_path):
+def test_kill_inside_a_mid_epoch_backup_write_resumes_from_the_backup_before(records, split_tree, tmp_path):
     model_dir = tmp_path / "run"
     driver = tmp_path / "driver.py"
     driver.write_text(_DRIVER)
     args = [f"--records={records}", f"--model_dir={model_dir}", *COMMON, "--epochs=2", "--steps_per_epoch=6",
             "--backup_every_steps=2"]
-    _start_and_kill_at(args, "INSIDE_BACKUP_WRITE", driver)  # the second backup: epoch 1, batch 4
+    manifest = (records / "manifest.json").read_bytes()
+    with processes.start(driver, *args, merge_stderr=True) as process:
+        for line in process.lines():
+            if "INSIDE_BACKUP_WRITE" in line:  # the second backup: epoch 1, batch 4
+                break
+        # While it trains, its records are held: a conversion into them is refused, naming it.
+        convert = cli.run(CONVERT, f"--src={split_tree.root}", f"--out={records}", "--overwrite", "--workers=1")
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    assert convert.returncode == 1 and convert.stderr.strip().endswith(
+        f"{records} is in use by driver.py (PID {process.pid}) on host {socket.gethostname()}: "
+        "wait for it to end, or pass another --out"), convert.stderr
+    assert (records / "manifest.json").read_bytes() == manifest
     state = json.loads((model_dir / "backup" / "state.json").read_text())
     assert (state["epoch"], state["step"]) == (0, 2)
 

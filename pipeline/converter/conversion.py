@@ -48,6 +48,7 @@ from pipeline.converter import rules
 from pipeline.converter import sharding
 from pipeline.converter import sources
 from pipeline.converter import tfds_metadata
+from pipeline.converter import walk
 
 ConversionError = rules.ConversionError  # what convert_folder raises, defined with the rules
 
@@ -207,7 +208,7 @@ class ConversionSummary:
                 f"{len(split.shards)} shards ({_megabytes(split.num_bytes)})  [{counts}]"
             )
         lines.append(f"  skipped    {len(self.skipped):>7} {'file' if len(self.skipped) == 1 else 'files'}")
-        lines += [f"    {skip.path}: {skip.reason}" for skip in self.skipped]
+        lines += walk.skip_lines(self.skipped)
         if self.duplicate_mode is not duplicates_lib.DuplicateMode.OFF:
             lines += duplicates_lib.summary_lines(self.manifest.duplicates, self.duplicate_mode)
         rate = self.num_images / self.seconds if self.seconds > 0 else float("inf")
@@ -236,7 +237,7 @@ def _scan_and_plan(config: ConversionConfig) -> _Scan:
     """Lists `src` and plans every split's shards."""
     files = rules.checked_scan(
         config.src, config.classes, config.validation_fraction, config.seed, config.strict,
-        config.follow_external_links, config.max_file_mb,
+        config.follow_external_links, config.max_file_mb, config.max_pixels,
     )
     dataset_name = sharding.dataset_name_for(config.src)
     plans = tuple(
@@ -332,7 +333,7 @@ def _draw_data_report(folder: str, manifest: schema.Manifest, sizes) -> None:
     data_report.write(folder, manifest, sizes)
 
 
-_OUT_HELD = "wait for that conversion to end, or pass another --out"
+_OUT_HELD = "wait for it to end, or pass another --out"
 
 
 def convert_folder(config: ConversionConfig) -> ConversionSummary:
@@ -342,7 +343,7 @@ def convert_folder(config: ConversionConfig) -> ConversionSummary:
       ConversionError: an `out` that is refused, fewer than two classes, a
         class without images, no decodable image, (with `strict`) a skipped
         file, or a full disk (the scratch folder is removed).
-      fileio.LockedError: another process converts into `out`.
+      fileio.LockedError: another process converts into `out`, or reads the records there.
       sources.SourceError: see `sources.scan_image_folder`.
       KeyboardInterrupt: passed on; the local runner's scratch folder is kept
         for --resume (its message says where), the Beam runner's removed.
@@ -357,13 +358,13 @@ def convert_folder(config: ConversionConfig) -> ConversionSummary:
     try:
         finished_swap = False
         if fileio.isdir(config.out):
-            with fileio.held(config.out, "convert.py", _OUT_HELD):
+            with fileio.held(config.out, _OUT_HELD):
                 finished_swap = out_dir.finish_interrupted_swap(config.out)
         # A set this run finished swapping in is replaced as the run's own.
         rules.check_out(config.src, config.out, config.overwrite or finished_swap)
         created_out = not fileio.isdir(config.out)
         fileio.makedirs(config.out)
-        lock.enter_context(fileio.held(config.out, "convert.py", _OUT_HELD))
+        lock.enter_context(fileio.held(config.out, _OUT_HELD))
         scan = _scan_and_plan(config)
         scratch, kept = _open_scratch(config, scan)
         index = None

@@ -13,6 +13,7 @@ from pipeline import fileio
 from pipeline import schema
 from pipeline.converter import out_dir
 from pipeline.converter import sources
+from pipeline.converter import walk
 
 
 class ConversionError(ValueError):
@@ -78,7 +79,8 @@ def check_classes(class_names: Sequence[str], counts: dict[str, dict[str, int]])
 
 
 def check_strict(skipped: Sequence[schema.SkippedFile]) -> None:
-    """With --strict, any skipped file ends the conversion."""
+    """With --strict, any skipped file ends the conversion, but the system's hidden ones (`.DS_Store`)."""
+    skipped = [skip for skip in skipped if not skip.reason.startswith(walk.HIDDEN)]
     if skipped:
         more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
         raise ConversionError(f"--strict: {skipped[0].path}: {skipped[0].reason}{more}")
@@ -92,6 +94,7 @@ def checked_scan(
     strict: bool,
     follow_external_links: bool,
     max_file_mb: int,
+    max_pixels: int | None = None,
 ) -> sources.FolderScan:
     """`sources.scan_image_folder`, refused unless it can make a classifier's data.
 
@@ -101,7 +104,7 @@ def checked_scan(
     """
     scan = sources.scan_image_folder(
         src, classes, validation_fraction, seed,
-        follow_external_links=follow_external_links, max_file_mb=max_file_mb,
+        follow_external_links=follow_external_links, max_file_mb=max_file_mb, max_pixels=max_pixels,
     )
     if len(scan.class_names) < 2:
         raise ConversionError(

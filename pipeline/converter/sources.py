@@ -13,15 +13,17 @@ Two layouts are accepted::
 
 On the left, each split folder holds one folder per class. On the right there
 is no split level: every image goes to `train`, and a deterministic,
-per-class fraction may be held out as `validation`.
+per-class fraction may be held out as `validation`: of the files that will be
+stored, so the scan first skips what the headers refuse (`walk.header_problems`).
 
 `src` is a local folder or a URL (`gs://...`, any filesystem tf.io.gfile
 knows). Odd local trees are listed safely: each real file counts once,
 whatever links lead to it; symlinked folders are followed without looping;
 what is not a regular file (FIFO, device, socket, broken link), what a link
-leads to outside `src` and files over the size limit are not listed but
-skipped, each with its reason (`FolderScan.skipped`). The walks are in
-`pipeline.converter.walk`.
+leads to outside `src`, empty files, files over the size limit and hidden
+files and folders (names starting with ".", class folders included) are not
+listed but skipped, each with its reason (`FolderScan.skipped`). The walks
+are in `pipeline.converter.walk`.
 """
 
 from __future__ import annotations
@@ -78,21 +80,25 @@ class FolderScan:
         return sum(len(files) for files in self.splits.values())
 
 
-def _subfolders(path: str) -> list[str]:
-    """The folders in `path`, hidden ones left out, sorted."""
+def _subfolders(path: str) -> tuple[list[str], list[str]]:
+    """The names of the folders in `path`, sorted: (shown, hidden)."""
     if fileio.is_url(path):
-        names = [name for name in fileio.listdir(path) if name and not name.startswith(".")]
-        return sorted(name for name in names if fileio.isdir(f"{path}/{name}"))
-    return sorted(
-        entry.name
-        for entry in os.scandir(path)
-        if entry.is_dir() and not entry.name.startswith(".")
-    )
+        names = [name for name in fileio.listdir(path) if name and fileio.isdir(f"{path}/{name}")]
+    else:
+        names = [entry.name for entry in os.scandir(path) if entry.is_dir()]
+    return sorted(n for n in names if not walk.is_hidden(n)), sorted(n for n in names if walk.is_hidden(n))
 
 
-def _class_names(class_folders: list[str], classes: Sequence[str] | None) -> tuple[str, ...]:
+def _class_names(class_folders: list[str], classes: Sequence[str] | None, hidden: set[str]) -> tuple[str, ...]:
+    """The label order: `classes`, or the class folders found; `hidden`: the hidden folders beside them."""
     if not classes:
         return tuple(class_folders)
+    named_hidden = [name for name in classes if name in hidden]
+    if named_hidden:
+        raise SourceError(
+            f"--classes names {', '.join(named_hidden)}, a hidden folder (its name starts with '.'): "
+            "hidden folders are never classes (macOS and tools keep their own files in them); rename it"
+        )
     missing = [name for name in classes if name not in class_folders]
     if missing:
         raise SourceError(
@@ -129,13 +135,45 @@ def hold_out(
     return kept, held
 
 
+def _class_folders(src: str) -> tuple[dict[str, str], list[str], list[schema.SkippedFile]]:
+    """(split name -> split folder, the class folder names, the hidden folders beside them as skips).
+
+    Raises:
+      SourceError: there is no class folder.
+    """
+    top, top_hidden = _subfolders(src)
+    split_dirs = {name: os.path.join(src, name) for name in SPLIT_NAMES if name in top}
+    # Hidden folders beside the splits are neither: only those beside class folders are listed.
+    listed = {split: _subfolders(path) for split, path in split_dirs.items()} or {"train": (top, top_hidden)}
+    split_dirs = split_dirs or {"train": src}
+    folders = sorted({name for shown, _ in listed.values() for name in shown})
+    hidden = [
+        schema.SkippedFile(os.path.join(split_dirs[split], name), split, f"{walk.HIDDEN}: not a class folder")
+        for split, (_, names) in listed.items() for name in names
+    ]
+    if not folders:
+        but = f" (hidden ones are not classes: {', '.join(fileio.basename(s.path) for s in hidden)})" if hidden else ""
+        raise SourceError(f"{src} has no class folders{but}")
+    return split_dirs, folders, hidden
+
+
+def _with_image_headers(
+    images: list[SourceImage], max_pixels: int | None
+) -> tuple[list[SourceImage], list[schema.SkippedFile]]:
+    """(the images whose header reads as an image, the others skipped with the reason)."""
+    problems = walk.header_problems([image.path for image in images], max_pixels)
+    kept = [image for image, problem in zip(images, problems) if problem is None]
+    return kept, [schema.SkippedFile(image.path, "train", problem)
+                  for image, problem in zip(images, problems) if problem is not None]
+
+
 def _walk_tree(
     src: str,
     split_dirs: dict[str, str],
     class_names: tuple[str, ...],
     follow_external_links: bool,
     max_file_mb: int,
-) -> tuple[dict[str, list[SourceImage]], list[dict[str, str]]]:
+) -> tuple[dict[str, list[SourceImage]], list[schema.SkippedFile]]:
     """(the files of each split, the skipped entries) of the class folders."""
     if fileio.is_url(src):
         tree = walk.UrlWalk(max_file_mb)
@@ -164,6 +202,7 @@ def scan_image_folder(
     *,
     follow_external_links: bool = False,
     max_file_mb: int = DEFAULT_MAX_FILE_MB,
+    max_pixels: int | None = None,
 ) -> FolderScan:
     """Lists the images of `src` by split and class.
 
@@ -175,17 +214,21 @@ def scan_image_folder(
       validation_fraction: when `src` has no split level (or only `train/`),
         the fraction of each class held out as `validation`; SourceError
         if it is not 0 and `src` has a validation or test folder.
-      seed: seed of that hold-out.
+      seed: seed of that hold-out, which deals out only the files whose
+        header reads as an image (`walk.header_problems`): a `Thumbs.db` or
+        a text file named .jpg takes no place in validation.
       follow_external_links: list what symlinks lead to outside `src` too,
         instead of skipping it (a URL has no symlinks).
       max_file_mb: files larger than this many MiB are skipped.
+      max_pixels: with a hold-out, images of more pixels (from the header)
+        are skipped before it; None leaves that to the decoders.
 
     Returns:
       The FolderScan; what is not listed is in its `skipped`, with the reason.
 
     Raises:
       SourceError: `src` is missing, has no class folders or no files, or
-        `classes` names a folder that does not exist.
+        `classes` names a folder that does not exist or is hidden.
     """
     if not src:
         raise SourceError("--src is required: the image folder to convert")
@@ -198,25 +241,19 @@ def scan_image_folder(
             f"--validation_fraction must be in [0, 1), got {validation_fraction}"
         )
 
-    top = _subfolders(src)
-    split_dirs = {name: os.path.join(src, name) for name in SPLIT_NAMES if name in top}
-    if split_dirs:
-        folders = sorted({c for d in split_dirs.values() for c in _subfolders(d)})
-    else:
-        split_dirs = {"train": src}
-        folders = top
-    if not folders:
-        raise SourceError(f"{src} has no class folders")
-    class_names = _class_names(folders, classes)
+    split_dirs, folders, hidden = _class_folders(src)
+    class_names = _class_names(folders, classes, {fileio.basename(skip.path) for skip in hidden})
 
     if validation_fraction > 0 and list(split_dirs) != ["train"]:
         raise SourceError(f"--validation_fraction holds out part of a tree without split folders, but {src} has "
                           f"{', '.join(name + '/' for name in split_dirs)}: leave the flag out")
     splits, skipped = _walk_tree(src, split_dirs, class_names, follow_external_links, max_file_mb)
+    skipped = hidden + skipped
     if validation_fraction > 0:
-        splits["train"], splits["validation"] = hold_out(
-            splits["train"], validation_fraction, seed
-        )
+        # Only what will be stored is dealt out: a file skipped later would leave its place empty.
+        train, unusable = _with_image_headers(splits["train"], max_pixels)
+        skipped += unusable
+        splits["train"], splits["validation"] = hold_out(train, validation_fraction, seed)
     # A split can be empty: no files, or a hold-out of classes with one file.
     splits = {name: files for name, files in splits.items() if files}
     if not splits:

@@ -97,6 +97,22 @@ class InputConfig:
         if min(self.image_size) < 1:
             raise ValueError(f"image_size must be positive, got {self.image_size}")
 
+    def check_fits(self, manifest: schema.Manifest) -> None:
+        """Refuses a `class_mode` the records' classes do not fit: "binary" needs exactly two.
+
+        Keras' `image_dataset_from_directory` refuses it too; let through, 5 classes
+        came out as float labels 0-4 that a sigmoid output learns nothing from.
+
+        Raises:
+          ValueError: the message names the class_mode to pass instead.
+        """
+        if self.class_mode == "binary" and manifest.num_classes != 2:
+            raise ValueError(
+                f'class_mode="binary" needs exactly 2 classes, but the records hold {manifest.num_classes} '
+                f'({", ".join(manifest.class_names)}): pass class_mode="categorical" (one-hot labels) '
+                'or "sparse" (class indices)'
+            )
+
 
 def decode_example(
     serialized: tf.Tensor,
@@ -172,6 +188,7 @@ def _finish(
 ) -> tf.data.Dataset:
     """Scales images to float32 [0, 1] (on the trainer when distributed), encodes labels,
     states the length (when known), prefetches."""
+    config.check_fits(manifest)  # every builder ends here, before any batch is read
     num_classes, class_mode = manifest.num_classes, config.class_mode
     scale = (lambda images: images) if config.distributed else transforms.scale_image
     ds = ds.map(
@@ -345,12 +362,15 @@ def split_filenames(records_dir: str, split: str) -> list[str]:
     return [name.decode() for batch in ds.batch(1024).as_numpy_iterator() for name in batch]
 
 
-def files_dataset(paths: list[str], image_size: tuple[int, int], batch_size: int) -> tf.data.Dataset:
+def files_dataset(
+    paths: list[str], image_size: tuple[int, int], batch_size: int, stored_size: tuple[int, int] | None = None
+) -> tf.data.Dataset:
     """Image files (local paths or URLs `tf.io.gfile` reads), read and decoded in parallel.
 
     Each file goes through `transforms.preprocess_encoded`, the records'
-    evaluation decode. A file that cannot be read or decoded is left out; the
-    caller finds it by its missing index.
+    evaluation decode (`stored_size`: the size the model's records were stored
+    at, None for originals). A file that cannot be read or decoded is left
+    out; the caller finds it by its missing index.
 
     Returns:
       Batches of (images `tf.float32` [B, height, width, 3] in [0, 1],
@@ -358,7 +378,7 @@ def files_dataset(paths: list[str], image_size: tuple[int, int], batch_size: int
     """
 
     def load(index, path):
-        return transforms.preprocess_encoded(tf.io.read_file(path), image_size), index
+        return transforms.preprocess_encoded(tf.io.read_file(path), image_size, stored_size), index
 
     ds = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), tf.constant(paths, tf.string)))
     ds = ds.map(_plain(load), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

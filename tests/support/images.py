@@ -165,3 +165,14 @@ SPLIT_COUNTS = {
     "test": {"cats": 2, "dogs": 2},
 }
 SPLIT_SIZES = [(24, 32), (32, 24), (30, 30)]
+
+
+def noisy_gradient(size: tuple[int, int], seed: int = 0, noise: int = 12) -> np.ndarray:
+    """uint8 [h, w, 3]: red rising along the columns, green down the rows, blue along the
+    diagonal, each plus uniform noise of +-`noise` levels: no two neighbours alike, so a
+    conversion that clips (or flattens) shows."""
+    height, width = size
+    rows, cols = np.mgrid[0:height, 0:width].astype(np.float64)
+    planes = np.stack([cols / (width - 1), rows / (height - 1), (rows + cols) / (height + width - 2)], -1)
+    jitter = np.random.default_rng(seed).integers(-noise, noise + 1, planes.shape)
+    return np.clip(np.round(20 + planes * 215) + jitter, 0, 255).astype(np.uint8)
