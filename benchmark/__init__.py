@@ -6,6 +6,8 @@ compared with), `plan` (which rows run, in which order, into typed results),
 verdicts, results.json and the chart). It reports; it never asserts.
 """
 
+from pipeline import cli
 
-class BenchmarkError(ValueError):
+
+class BenchmarkError(cli.UserError, ValueError):
     """The benchmark cannot run as asked; the message says why."""

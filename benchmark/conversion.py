@@ -43,9 +43,11 @@ from collections.abc import Callable
 import psutil
 from PIL import Image
 
+from pipeline.converter import conversion as converter
 from pipeline.converter import sources
 from pipeline.reader import augment
 from pipeline.reader import dataset
+from benchmark import BenchmarkError
 from benchmark import duplicate_search
 from benchmark import timing
 
@@ -75,13 +77,13 @@ class ConversionRun:
 
 def _interleaved_photos(src: str) -> list[sources.SourceImage]:
     """The images under `src`, classes in turn, so that any count of them holds every class."""
-    scan = sources.scan_image_folder(src)
+    scan = sources.scan_image_folder(converter.ConversionConfig(src))
     by_class: dict[str, list[sources.SourceImage]] = {}
     for image in (image for images in scan.splits.values() for image in images):
         by_class.setdefault(image.class_name, []).append(image)
     originals = [image for row in itertools.zip_longest(*by_class.values()) for image in row if image]
     if not originals:
-        raise ValueError(f"no images under {src}")
+        raise BenchmarkError(f"no images under {src}")
     return originals
 
 
@@ -175,7 +177,7 @@ def run_converter(
     cpu_seconds = _children_cpu_seconds() - cpu_before
     sampler.join()
     if child.returncode != 0:
-        raise RuntimeError(f"convert.py failed: {(stderr.strip().splitlines() or ['?'])[-1]}")
+        raise BenchmarkError(f"convert.py failed: {(stderr.strip().splitlines() or ['?'])[-1]}")
     images = int(re.search(r"Wrote (\d+) images", stdout).group(1))
     seconds, verify_seconds = (
         float(x) for x in re.search(r"in ([\d.]+) s \(.*verified.* in ([\d.]+) s", stdout).groups()

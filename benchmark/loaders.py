@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from pipeline.reader import augment
 from pipeline.reader import dataset
-from pipeline.reader import shards
+from pipeline.reader import read
 from benchmark import BenchmarkError
 
 
@@ -99,7 +99,7 @@ def decode_ceiling(
 
     What the pipeline's cold epoch can reach at best on this machine.
     """
-    records, _ = shards.read_records(records_dir, split)
+    records = read.read_records(records_dir, split)
     decode = lambda record: dataset.decode_example(record, image_size, dct_scaling)  # noqa: E731
     return (records.map(decode, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(tf.data.AUTOTUNE)
             .with_options(dataset.input_options(deterministic=True, autotune=autotune)))

@@ -28,6 +28,7 @@ import numpy as np
 import psutil
 import tensorflow as tf
 
+from pipeline import cli
 from pipeline import schema
 from pipeline.converter import conversion
 from pipeline.reader import augment
@@ -39,6 +40,7 @@ from benchmark import loaders
 from benchmark import timing
 from model import inference
 from model import run_config
+from model import run_plan
 from model import training
 
 STREAMING_EPOCHS = 10
@@ -58,26 +60,32 @@ class Group(enum.Enum):
 
 @dataclasses.dataclass(frozen=True)
 class BenchmarkConfig:
-    """What to benchmark and how long."""
+    """What to benchmark, how long, and where the report goes: bench.py's flags are its fields (`cli.setting`)."""
 
-    src: str  # an image folder: {train,validation,test}/<class>/*
-    records: str | None = None  # `src` converted at the original sizes; None: convert it for the run
-    split: str = "train"  # the split every row reads
-    image_size: tuple[int, int] = dataset.DEFAULT_IMAGE_SIZE  # square: the CNN's input
-    batch_size: int = dataset.DEFAULT_BATCH_SIZE
-    passes: int = 5  # timed passes per steady figure, after one untimed pass
-    cold_runs: int = 3  # freshly built datasets per cold figure
-    max_batches: int | None = None  # cap on batches per pass; None: whole epochs
-    train_steps: int = 30  # steps per timed training fit
-    train_warmup_steps: int = 3  # steps of the untimed fit per training input
-    train_rounds: int = 3  # timed fits per training input
+    src: str = cli.setting(help="Image folder: {train,validation,test}/<class>/*.jpg.")
+    records: str | None = cli.setting(
+        None, help="Records converted from --src at the original sizes. Default: convert --src into a temporary "
+                   "folder. The pre-resized copy is always converted.")
+    split: str = cli.setting("train", help="The split every loader reads.")
+    image_size: tuple[int, int] = cli.setting(
+        dataset.DEFAULT_IMAGE_SIZE, help="Square: the CNN's input.", flag=False)
+    batch_size: int = cli.setting(dataset.DEFAULT_BATCH_SIZE, help="Images per batch.", at_least=1)
+    passes: int = cli.setting(
+        5, help="Timed passes per loader; the figure is their median, after one warm-up pass.", at_least=1)
+    cold_runs: int = cli.setting(
+        3, help="Freshly built datasets per cold figure (bench.py: --passes).", at_least=1, flag=False)
+    max_batches: int | None = cli.setting(
+        None, help="Cap on batches per pass (smoke tests). Default: whole epochs.", at_least=1)
+    train_steps: int = cli.setting(
+        30, help="Timed training steps per input for the training-stall rows.", at_least=1)
+    train_warmup_steps: int = cli.setting(
+        3, help="Steps of the untimed fit per training input.", at_least=1, flag=False)
+    train_rounds: int = cli.setting(
+        3, help="Timed fits per training input (bench.py: --passes, at most 3).", at_least=1, flag=False)
+    out: str = cli.setting("bench_out", help="Folder for results.json and throughput.png.")
 
     def __post_init__(self):
-        for name in ("batch_size", "passes", "cold_runs", "train_steps", "train_warmup_steps", "train_rounds"):
-            if getattr(self, name) < 1:
-                raise BenchmarkError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.max_batches is not None and self.max_batches < 1:
-            raise BenchmarkError(f"max_batches must be at least 1, got {self.max_batches}")
+        cli.check_settings(self, BenchmarkError)
         if min(self.image_size) < 1 or self.image_size[0] != self.image_size[1]:
             raise BenchmarkError(f"image_size must be square and positive, got {self.image_size}")
 
@@ -141,12 +149,20 @@ class Results:
 class _Run:
     """Measures the rows one at a time, in order, each with the memory it used."""
 
-    def __init__(self, config: BenchmarkConfig, data: Data, original: str, resized: str, log: Callable[[str], None]):
-        self.config, self.data, self.original, self.resized, self.log = config, data, original, resized, log
+    def __init__(self, config: BenchmarkConfig, data: Data, original: str, resized: str, manifest: schema.Manifest,
+                 log: Callable[[str], None]):
+        self.config, self.data, self.log = config, data, log
+        self.original, self.resized, self.manifest = original, resized, manifest  # manifest: the original's
         self.plain = dataset.InputConfig(
             image_size=config.image_size, batch_size=config.batch_size, class_mode=data.class_mode)
         self.augmented = dataclasses.replace(self.plain, augmentation=augment.NOTEBOOK_AUGMENTATION)
         self.rows: list[Row] = []
+
+    def train_plan(self, cache: bool) -> run_plan.RunPlan:
+        """train.py's run of the records for bench.py's sizes, --augment_on=host, --[no]cache, defaults else."""
+        flags = run_config.TrainConfig(records=self.original, batch_size=self.config.batch_size, cache=cache,
+                                       image_size=self.config.image_size[0], augment_on=run_config.AugmentOn.HOST)
+        return run_plan.plan_run(flags, self.manifest)
 
     def measure(self, message: str, run: Callable[[], dict[Spec, timing.Measurement]]) -> dict[Spec, Row]:
         """Calls `run`, which builds and measures; its rows share the memory it used and its seconds."""
@@ -185,8 +201,7 @@ class _Run:
                     lambda: loaders.keras_directory_loader(split_dir, size, batch, mode, None))
         self.steady(Spec("keras_augment", "image_dataset_from_directory + aug layers", Group.KERAS, "idg_augment"),
                     lambda: loaders.keras_directory_loader(split_dir, size, batch, mode, notebook))
-        # In turns, so that a drift in the machine's speed hits the cold epochs
-        # and the ceilings they are held against alike.
+        # In turns: a drift in the machine's speed hits the cold epochs and their ceilings alike.
         cold = Spec("pipeline_cold", "pipeline, cold 1st epoch", Group.PIPELINE, "idg_rescale")
         cold_nodct = Spec("pipeline_cold_nodct", "pipeline, cold 1st epoch, dct_scaling=False", Group.PIPELINE,
                           "idg_rescale")
@@ -228,8 +243,7 @@ class _Run:
         """The augmentation in TensorFlow ops only, the one tf.data service workers can run."""
         split, original = self.data.split, self.original
         tf_ops = dataclasses.replace(self.augmented, host_warp=augment.HostWarp.TENSORFLOW)
-        self.steady(Spec("pipeline_aug_tfops", "pipeline, steady, TF-ops aug, no cache", Group.PIPELINE,
-                         "idg_augment"),
+        self.steady(Spec("pipeline_aug_tfops", "pipeline, steady, TF-ops aug, no cache", Group.PIPELINE, "idg_augment"),
                     lambda: dataset.train_dataset(original, tf_ops, split))
         self.steady(Spec("pipeline_aug_tfops_cached", "pipeline, steady, TF-ops aug, cache", Group.PIPELINE,
                          "idg_augment"),
@@ -243,8 +257,7 @@ class _Run:
         row to hold them against is "pipeline, steady, TF-ops aug, no cache".
         """
         split, original = self.data.split, self.original
-        distributed = dataclasses.replace(
-            self.augmented, host_warp=augment.HostWarp.TENSORFLOW, distributed=True)
+        distributed = dataclasses.replace(self.augmented, host_warp=augment.HostWarp.TENSORFLOW, distributed=True)
         dispatcher = service.start_dispatcher(port=0)
         address = service.local_address(dispatcher)
         workers = []
@@ -253,7 +266,7 @@ class _Run:
                 workers.append(service.start_worker(address, port=0, host="127.0.0.1"))
             self.steady(Spec(name, f"tf.data service, {count} local worker(s), TF-ops aug", Group.SERVICE,
                              "pipeline_aug_tfops"),
-                        lambda: dataset.on_trainer(
+                        lambda: service.on_trainer(
                             service.distribute(dataset.train_dataset(original, distributed, split), address),
                             distributed.batch_size))
         for worker in workers:
@@ -261,64 +274,61 @@ class _Run:
         dispatcher.stop()
 
     def training_rows(self) -> None:
-        """The CNN's training speed fed from memory and by the pipeline: train.py's model and inputs."""
-        config, data, records = self.config, self.data, self.original
-        run = run_config.TrainConfig(records=records, batch_size=config.batch_size, image_size=config.image_size[0],
-                                   augment_on=run_config.AugmentOn.HOST)
+        """The CNN's training speed fed from memory and by train.py's own input (`train_plan`, `RunPlan.batches`)."""
+        config = self.config
         specs = [Spec(name, label, Group.TRAINING, "train_in_memory") for name, label in (
             ("train_in_memory", "training, one batch held in memory"),
             ("train_pipeline_aug_cached", "training, pipeline host aug + cache"),
             ("train_pipeline_aug", "training, pipeline host aug, no cache"))]
 
         def fit_each() -> dict[Spec, timing.Measurement]:
-            num_classes = len(data.class_names)
-            model = training.build_model(run, num_classes)
-            cached, evaluation = training.input_configs(run, num_classes)
-            uncached, _ = training.input_configs(dataclasses.replace(run, cache=False), num_classes)
-            one = next(iter(dataset.eval_dataset(records, data.split, dataclasses.replace(evaluation, cache=False))))
-            cached_data = dataset.train_dataset(records, cached, data.split)
+            cached, streamed = self.train_plan(cache=True), self.train_plan(cache=False)
+            model = training.build_model(cached)
+            one = next(iter(dataset.eval_dataset(self.original, "train", streamed.eval_input, self.manifest)))
+            cached_data = cached.batches().passes.epochs
             for _ in cached_data:  # fill the cache: the timed fits see epochs 2+
                 pass
             # The pipeline's options (no autotuner) for the in-memory feed too:
             # with the autotuner it trained up to 25% slower on 2 cores (docs/performance.md).
             in_memory = tf.data.Dataset.from_tensors(one).repeat().with_options(dataset.input_options(True))
+            images = self.manifest.splits["train"].num_examples
             feeds = dict(zip(specs, (
                 timing.TrainingFeed(in_memory, int(one[0].shape[0]), None),
-                timing.TrainingFeed(cached_data.repeat(), config.batch_size, data.images),
-                timing.TrainingFeed(dataset.train_dataset(records, uncached, data.split).repeat(),
-                                    config.batch_size, data.images))))
+                timing.TrainingFeed(cached_data.repeat(), config.batch_size, images),
+                timing.TrainingFeed(streamed.batches().passes.epochs.repeat(), config.batch_size, images))))
             try:
                 return timing.measure_training(
                     model, feeds, config.train_steps, config.train_warmup_steps, config.train_rounds)
             finally:
                 keras.backend.clear_session()
 
-        rows = self.measure(f"training rows: {config.train_rounds} round(s) of {config.train_steps} steps ...",
-                            fit_each)
+        rows = self.measure(f"training rows: {config.train_rounds} round(s) of {config.train_steps} steps ...", fit_each)
         for spec in specs:
             self.add(rows[spec])
 
 
-def _prepare_records(config: BenchmarkConfig, scratch: str, log: Callable[[str], None]) -> tuple[str, str, Data]:
-    """(original-size records, pre-resized records, their Data), converted into `scratch` as needed."""
+def _prepare_records(
+        config: BenchmarkConfig, scratch: str, log: Callable[[str], None]) -> tuple[str, str, schema.Manifest, Data]:
+    """(original-size records, pre-resized records, the original's manifest, their Data), converted as needed."""
     seconds, original = {}, config.records
     if original is None:
         original = os.path.join(scratch, "original")
         log(f"converting {config.src} to {original} (original sizes)")
         seconds["original"] = conversion.convert_folder(conversion.ConversionConfig(config.src, original)).seconds
-    elif (stored := schema.read_manifest(original).stored_size) is not None:
-        raise BenchmarkError(f"--records {original} holds images resized to {stored}; "
+    manifest = schema.read_manifest(original)
+    if manifest.stored_size is not None:  # only --records can be
+        raise BenchmarkError(f"--records {original} holds images resized to {manifest.stored_size}; "
                              "the benchmark needs records at the original sizes")
     resized = os.path.join(scratch, "resized")
     log(f"converting {config.src} to {resized} (pre-resized to {config.image_size})")
     seconds["resized"] = conversion.convert_folder(
         conversion.ConversionConfig(config.src, resized, image_size=config.image_size)).seconds
-    manifest, resized_manifest = schema.read_manifest(original), schema.read_manifest(resized)
+    resized_manifest = schema.read_manifest(resized)
     for records_dir, m in ((original, manifest), (resized, resized_manifest)):
         if config.split not in m.splits:
             raise BenchmarkError(f"records {records_dir} have no split {config.split!r}")
     split = manifest.splits[config.split]
-    return original, resized, Data(
+    return original, resized, manifest, Data(
         split=config.split, split_dir=os.path.abspath(os.path.join(config.src, config.split)),
         images=split.num_examples, class_names=tuple(manifest.class_names),
         class_mode="binary" if manifest.num_classes == 2 else "categorical",
@@ -371,15 +381,15 @@ def run_benchmark(
     machine, date = machine_info(), datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     held = guard.hold(config.records) if config.records else contextlib.nullcontext()  # no conversion under it
     with held, timing.frozen_heap(), tempfile.TemporaryDirectory(prefix="bench-records-") as scratch:
-        original, resized, data = _prepare_records(config, scratch, log)
-        run = _Run(config, data, original, resized, log)
+        original, resized, manifest, data = _prepare_records(config, scratch, log)
+        run = _Run(config, data, original, resized, manifest, log)
         run.throughput_rows()
         run.tensorflow_warp_rows()
         run.service_rows()
         run.training_rows()
-        log(f"memory while streaming {STREAMING_EPOCHS} uncached epochs ...")
+        log(f"memory while streaming {STREAMING_EPOCHS} uncached epochs of train.py's input ...")
         streaming = timing.streaming_rss_mib(
-            dataset.train_dataset(original, run.augmented, config.split), STREAMING_EPOCHS, config.max_batches)
+            run.train_plan(cache=False).batches().passes.epochs, STREAMING_EPOCHS, config.max_batches)
     ru_maxrss = timing.ru_maxrss_mib()
     return Results(
         config=config, image_data_generator=idg_module,

@@ -12,7 +12,7 @@ from absl import logging
 
 from pipeline import fileio
 from pipeline import plots
-from pipeline.reader import dataset
+from pipeline.reader import epochs
 
 # Training that reaches this share of the input pipeline's own rate is
 # waiting for input: the accelerator could go faster with a faster input.
@@ -43,13 +43,12 @@ class FollowEpochs(keras.callbacks.Callback):
     """Moves the training dataset's EpochPosition to each epoch as it begins; the
     epoch a run resumes in starts at the batch its backup holds."""
 
-    def __init__(self, position: dataset.EpochPosition | None, resume_epoch: int = 0, resume_step: int = 0):
+    def __init__(self, position: epochs.EpochPosition, resume_epoch: int = 0, resume_step: int = 0):
         super().__init__()
         self.position, self.resume_epoch, self.resume_step = position, resume_epoch, resume_step
 
     def on_epoch_begin(self, epoch, logs=None):
-        if self.position is not None:
-            self.position.move_to(epoch, self.resume_step if epoch == self.resume_epoch else 0)
+        self.position.move_to(epoch, self.resume_step if epoch == self.resume_epoch else 0)
 
 
 class EpochThroughput(keras.callbacks.Callback):
@@ -107,7 +106,7 @@ def read_history(path: str) -> list[dict]:
     Raises:
       fileio.DamagedFileError: it does not read as a list of epochs.
     """
-    if not tf.io.gfile.exists(path):
+    if not fileio.exists(path):
         return []
     remedy = "delete it to go on training (the curves then start from the next epoch)"
     return fileio.read_state(path, _epochs, remedy)

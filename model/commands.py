@@ -6,13 +6,14 @@
 
 Run it again with the same --model_dir to resume an interrupted run (or to
 continue a finished one to a larger --epochs). Each flag is a field of
-`model.run_config.TrainConfig`, of the same name and default.
+`model.run_config.TrainConfig`, of the same name, default and help.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
 import os
 import signal
@@ -23,7 +24,6 @@ from collections.abc import Iterator
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow's first import
 
 import tensorflow as tf  # noqa: E402
-from absl import flags  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from pipeline import cli  # noqa: E402
@@ -37,90 +37,6 @@ from model import inference  # noqa: E402
 from model import run_config  # noqa: E402
 from model import run_dir  # noqa: E402
 from model import training  # noqa: E402
-
-_DEFAULTS = run_config.TrainConfig()
-_BOUNDS = run_config.LOWER_BOUNDS
-FLAGS = flags.FlagValues()
-flags.DEFINE_string("records", _DEFAULTS.records, "Records folder written by convert.py.", flag_values=FLAGS)
-flags.DEFINE_string("model_dir", _DEFAULTS.model_dir, "Output folder; rerun with it to resume.", flag_values=FLAGS)
-flags.DEFINE_integer("epochs", _DEFAULTS.epochs, "Epochs.", lower_bound=_BOUNDS["epochs"], flag_values=FLAGS)
-flags.DEFINE_integer(
-    "batch_size", _DEFAULTS.batch_size, "Images per batch.", lower_bound=_BOUNDS["batch_size"], flag_values=FLAGS
-)
-flags.DEFINE_integer(
-    "steps_per_epoch", _DEFAULTS.steps_per_epoch, "Default: one pass over the train split.",
-    lower_bound=_BOUNDS["steps_per_epoch"], flag_values=FLAGS,
-)
-flags.DEFINE_integer(
-    "validation_steps", _DEFAULTS.validation_steps, "Default: the whole validation split.",
-    lower_bound=_BOUNDS["validation_steps"], flag_values=FLAGS,
-)
-flags.DEFINE_float("learning_rate", _DEFAULTS.learning_rate, "Adam learning rate (positive).", flag_values=FLAGS)
-flags.register_validator(
-    "learning_rate", lambda rate: rate > 0, "--learning_rate must be positive", flag_values=FLAGS
-)
-flags.DEFINE_boolean(
-    "augment", _DEFAULTS.augment, "The notebook's augmentation (flips, rotation, zoom, shift).", flag_values=FLAGS
-)
-flags.DEFINE_enum_class(
-    "augment_on", _DEFAULTS.augment_on, run_config.AugmentOn,
-    "host: in tf.data on the CPU; device: as the model's first layer, on the GPU; "
-    "auto: device when a GPU is found, else host.",
-    case_sensitive=False, flag_values=FLAGS,
-)
-flags.DEFINE_enum_class(
-    "strategy", _DEFAULTS.strategy, run_config.Strategy,
-    "default: one device; mirrored: every local GPU, one replica each (--batch_size is the global batch).",
-    case_sensitive=False, flag_values=FLAGS,
-)
-flags.DEFINE_integer(
-    "image_size", _DEFAULTS.image_size, "Square input size.", lower_bound=_BOUNDS["image_size"], flag_values=FLAGS
-)
-flags.DEFINE_boolean("cache", _DEFAULTS.cache, "Keep decoded images in memory after the first epoch.", flag_values=FLAGS)
-flags.DEFINE_boolean(
-    "mixed_precision", _DEFAULTS.mixed_precision, "float16 compute on GPU (bfloat16 on CPU).", flag_values=FLAGS
-)
-flags.DEFINE_boolean("jit_compile", _DEFAULTS.jit_compile, "Compile the train step with XLA.", flag_values=FLAGS)
-flags.DEFINE_boolean("save_h5", _DEFAULTS.save_h5, "Also save model.h5, as the notebook did.", flag_values=FLAGS)
-flags.DEFINE_boolean(
-    "export", _DEFAULTS.export, "Also write MODEL_DIR/export: a SavedModel that takes encoded images.", flag_values=FLAGS
-)
-flags.DEFINE_boolean(
-    "pictures", _DEFAULTS.pictures,
-    "Draw input_batch.png, augmented_variants.png, training_curves.png (after every epoch) and the "
-    "test split's confusion_matrix.png and mistakes.png.",
-    flag_values=FLAGS,
-)
-flags.DEFINE_string(
-    "data_service", _DEFAULTS.data_service,
-    "grpc://HOST:PORT of a tf.data service dispatcher whose workers prepare the training batches "
-    "(start them with data_service.py). Default: prepare them in this process.",
-    flag_values=FLAGS,
-)
-cli.define_int_pair(
-    "profile_batches", _DEFAULTS.profile_batches,
-    "Write a TensorBoard profiler trace of training batches A to B (e.g. 10,20) to <model_dir>/logs.",
-    FLAGS,
-)
-flags.register_validator(
-    "profile_batches", lambda pair: pair is None or 1 <= pair[0] <= pair[1], "needs 1 <= A <= B", flag_values=FLAGS
-)
-flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed of weights, shuffles and augmentation.", flag_values=FLAGS)
-flags.DEFINE_integer(
-    "backup_every_steps", _DEFAULTS.backup_every_steps,
-    "Also back up every N batches of an epoch, to resume there after a kill. Default: at epoch ends "
-    "(and on SIGTERM or Ctrl-C).", lower_bound=_BOUNDS["backup_every_steps"], flag_values=FLAGS,
-)
-flags.DEFINE_boolean(
-    "deterministic", _DEFAULTS.deterministic,
-    "TensorFlow op determinism: a resumed run ends with the weights of an uninterrupted one. Slower.",
-    flag_values=FLAGS,
-)
-flags.DEFINE_integer(
-    "verbose", _DEFAULTS.verbose, "Keras progress output: 0 silent, 1 bar, 2 a line per epoch.",
-    lower_bound=_BOUNDS["verbose"], upper_bound=2, flag_values=FLAGS,
-)
-
 
 @contextlib.contextmanager
 def _stop_on_signals() -> Iterator[tuple[threading.Event, list[int]]]:
@@ -163,8 +79,7 @@ def _stopped(config: run_config.TrainConfig, stopped: run_dir.Stopped, signum: i
 _BACKUP_KEPT = "; the last backup is kept: run the same command to resume once the records are whole"
 
 
-def _train() -> int | None:
-    config = cli.config_from_flags(run_config.TrainConfig, FLAGS)
+def _train(config: run_config.TrainConfig) -> int | None:
     try:
         with _stop_on_signals() as (stop, received):
             try:
@@ -174,7 +89,7 @@ def _train() -> int | None:
     except tf.errors.DataLossError:  # its message names no file: find the damaged shard
         cli.fail(f"damaged records: {verify.find_damage(config.records).summary()}{_BACKUP_KEPT}")
     except tf.errors.InvalidArgumentError as e:  # a failed check of the reader names its shard
-        cli.fail(verify.error_text(e) + _BACKUP_KEPT)
+        cli.fail(cli.error_text(e) + _BACKUP_KEPT)
     except tf.errors.NotFoundError:  # a shard gone mid-run: TensorFlow's message is the whole graph's
         try:
             schema.check_shard_files(config.records, schema.read_manifest(config.records))
@@ -201,7 +116,7 @@ def _train() -> int | None:
         print("Test: " + ", ".join(f"{k} {v:.4f}" for k, v in result.test.items()))
 
 
-TRAIN = cli.Command("train.py", __doc__, FLAGS, _train, errors=(FileNotFoundError, ValueError))
+TRAIN = cli.Command("train.py", __doc__, run_config.TrainConfig, _train)
 
 
 # --------------------------------------------------------------------------
@@ -215,41 +130,45 @@ EVALUATE_DOC = """evaluate.py: where a trained model goes wrong, on one split of
 Prints a per-class table; writes metrics.json, predictions.csv,
 confusion_matrix.png and mistakes.png into --out (default MODEL_DIR/eval_SPLIT).
 """
-EVAL_FLAGS = flags.FlagValues()
-flags.DEFINE_string("model_dir", None, "A train.py --model_dir.", flag_values=EVAL_FLAGS)
-flags.DEFINE_string("records", None, "Records folder; default: the run's own.", flag_values=EVAL_FLAGS)
-flags.DEFINE_string("split", "test", "The split to evaluate.", flag_values=EVAL_FLAGS)
-flags.DEFINE_string("out", None, "Report folder; default: MODEL_DIR/eval_SPLIT.", flag_values=EVAL_FLAGS)
-flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Images per batch.", lower_bound=1, flag_values=EVAL_FLAGS)
+_MODEL_DIR_HELP = "A folder written by train.py (its --model_dir)."
 
 
-def _open_run(flag_values: flags.FlagValues) -> inference.TrainedRun:
-    if not flag_values.model_dir:
-        cli.fail("--model_dir is required: a folder written by train.py")
-    return inference.open_run(flag_values.model_dir)
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+    """evaluate.py's flags, a field each."""
+
+    model_dir: str = cli.setting(help=_MODEL_DIR_HELP)
+    records: str | None = cli.setting(None, help="Records folder; default: the run's own.")
+    split: str = cli.setting("test", help="The split to evaluate.")
+    out: str | None = cli.setting(None, help="Report folder; default: MODEL_DIR/eval_SPLIT.")
+    batch_size: int = cli.setting(dataset.DEFAULT_BATCH_SIZE, help="Images per batch.", at_least=1)
+
+    def __post_init__(self):
+        cli.check_settings(self)
 
 
-def _evaluate() -> None:
-    run = _open_run(EVAL_FLAGS)
-    records = EVAL_FLAGS.records or run.records
+def _evaluate(config: EvaluateConfig) -> None:
+    run = inference.open_run(config.model_dir)
+    records = config.records or run.records
     if not records:
         cli.fail(f"{run.model_dir}/results.json names no records folder: pass --records")
     with guard.reading(records) as held:
         manifest = held.manifest
-        manifest.split(EVAL_FLAGS.split, records)
+        manifest.split(config.split, records)
         if manifest.class_names != run.class_names:
             cli.fail(f"{records} holds the classes {', '.join(manifest.class_names)}, "
                      f"the model {', '.join(run.class_names)}: pass the records it was trained on")
-        config = dataset.InputConfig(image_size=run.image_size, batch_size=EVAL_FLAGS.batch_size)
-        report = evaluation.evaluate_split(run.load_model(), records, EVAL_FLAGS.split, config, run.class_names)
+        inputs = dataset.InputConfig(image_size=run.image_size, batch_size=config.batch_size)
+        report = evaluation.evaluate_split(run.load_model(), records, config.split, inputs, run.class_names,
+                                            held.manifest)
         held.check("no report was written: run evaluate.py again")
-    out = EVAL_FLAGS.out or os.path.join(run.model_dir, f"eval_{EVAL_FLAGS.split}")
-    evaluation.write_report(report, out, EVAL_FLAGS.split)
+    out = config.out or os.path.join(run.model_dir, f"eval_{config.split}")
+    evaluation.write_report(report, out, config.split)
     print(evaluation.per_class_table(report))
     print(f"Wrote metrics.json, predictions.csv, confusion_matrix.png and mistakes.png to {out}")
 
 
-EVALUATE = cli.Command("evaluate.py", EVALUATE_DOC, EVAL_FLAGS, _evaluate, errors=(FileNotFoundError, ValueError))
+EVALUATE = cli.Command("evaluate.py", EVALUATE_DOC, EvaluateConfig, _evaluate)
 
 PREDICT_DOC = """predict.py: classifies photos with a trained model, as it was trained to read them.
 
@@ -264,21 +183,31 @@ predicted, confidence, p_<class> per class, error. A file that does not
 decode gets a row with its error; exit 1 if no file could be predicted, or
 with --strict if any could not.
 """
-PREDICT_FLAGS = flags.FlagValues()
-flags.DEFINE_string("model_dir", None, "A train.py --model_dir.", flag_values=PREDICT_FLAGS)
-flags.DEFINE_string("output", "predictions.csv", "The CSV to write.", flag_values=PREDICT_FLAGS)
-flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Images per batch.", lower_bound=1, flag_values=PREDICT_FLAGS)
-flags.DEFINE_boolean("strict", False, "Exit 1 if any file could not be read or decoded.", flag_values=PREDICT_FLAGS)
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictConfig:
+    """predict.py's flags, a field each (its paths follow them)."""
+
+    model_dir: str = cli.setting(help=_MODEL_DIR_HELP)
+    output: str = cli.setting("predictions.csv", help="The CSV to write.")
+    batch_size: int = cli.setting(dataset.DEFAULT_BATCH_SIZE, help="Images per batch.", at_least=1)
+    strict: bool = cli.setting(False, help="Exit 1 if any file could not be read or decoded.")
+
+    def __post_init__(self):
+        cli.check_settings(self)
+
+
 # Above this many files a progress bar is drawn.
 _PROGRESS_FROM = 200
 
 
-def _predict(paths: list[str]) -> int:
-    run = _open_run(PREDICT_FLAGS)
+def _predict(config: PredictConfig, paths: list[str]) -> int:
+    run = inference.open_run(config.model_dir)
     if not paths:
         cli.fail("no PATH given: name image files, folders or URLs after the flags")
-    if fileio.isdir(PREDICT_FLAGS.output):
-        cli.fail(f"--output={PREDICT_FLAGS.output} is a folder: name the CSV file to write")
+    if fileio.isdir(config.output):
+        cli.fail(f"--output={config.output} is a folder: name the CSV file to write")
     hidden: list[str] = []
     files = inference.image_files(paths, on_hidden=hidden.append)
     passed_over = (f"{len(hidden)} hidden {'entry' if len(hidden) == 1 else 'entries'} (names starting "
@@ -288,21 +217,20 @@ def _predict(paths: list[str]) -> int:
                  + (f"; {passed_over}" if hidden else ""))
     model = run.load_model()
     with tqdm(total=len(files), unit="img", desc="predicting", disable=len(files) < _PROGRESS_FROM) as bar:
-        predictions = inference.predict_files(run, model, files, PREDICT_FLAGS.batch_size,
+        predictions = inference.predict_files(run, model, files, config.batch_size,
                                               progress=lambda done: bar.update(done - bar.n))
     text = io.StringIO()
     csv.writer(text).writerows(inference.predictions_table(run, predictions))
-    fileio.write_text(PREDICT_FLAGS.output, text.getvalue())
+    fileio.write_text(config.output, text.getvalue())
     failed = [p for p in predictions if p.error]
-    print(f"Predicted {len(predictions) - len(failed)} of {len(predictions)} files into {PREDICT_FLAGS.output}"
+    print(f"Predicted {len(predictions) - len(failed)} of {len(predictions)} files into {config.output}"
           + (f"; {len(failed)} could not be read or decoded (the error column says why)" if failed else "")
           + (f"; {passed_over}" if hidden else ""))
     # Nothing predicted at all is a failure even without --strict: no caller wants an empty result.
-    return 1 if failed and (PREDICT_FLAGS.strict or len(failed) == len(predictions)) else 0
+    return 1 if failed and (config.strict or len(failed) == len(predictions)) else 0
 
 
-PREDICT = cli.Command("predict.py", PREDICT_DOC, PREDICT_FLAGS, _predict, errors=(FileNotFoundError, ValueError),
-                      positional=True)
+PREDICT = cli.Command("predict.py", PREDICT_DOC, PredictConfig, _predict, positional=True)
 
 EXPORT_DOC = """export.py: writes MODEL_DIR/export, a SavedModel that takes encoded images.
 
@@ -312,16 +240,24 @@ train.py writes it at the end of every run; this is for older runs. Its
 serving_default signature takes image_bytes (tf.string [None]) and returns
 probabilities (float32 [None, classes]) and classes (tf.string [None]).
 """
-EXPORT_FLAGS = flags.FlagValues()
-flags.DEFINE_string("model_dir", None, "A train.py --model_dir.", flag_values=EXPORT_FLAGS)
-flags.DEFINE_string("out", None, "The SavedModel folder, new or an earlier export (replaced); "
-                    "default: MODEL_DIR/export.", flag_values=EXPORT_FLAGS)
 
 
-def _export() -> None:
-    run = _open_run(EXPORT_FLAGS)
-    path = inference.export_model(run, run.load_model(), EXPORT_FLAGS.out)
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """export.py's flags, a field each."""
+
+    model_dir: str = cli.setting(help=_MODEL_DIR_HELP)
+    out: str | None = cli.setting(
+        None, help="The SavedModel folder, new or an earlier export (replaced); default: MODEL_DIR/export.")
+
+    def __post_init__(self):
+        cli.check_settings(self)
+
+
+def _export(config: ExportConfig) -> None:
+    run = inference.open_run(config.model_dir)
+    path = inference.export_model(run, run.load_model(), config.out)
     print(f"Wrote the SavedModel to {path} (signature serving_default: image_bytes -> probabilities, classes)")
 
 
-EXPORT = cli.Command("export.py", EXPORT_DOC, EXPORT_FLAGS, _export, errors=(FileNotFoundError, ValueError))
+EXPORT = cli.Command("export.py", EXPORT_DOC, ExportConfig, _export)

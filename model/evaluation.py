@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from pipeline import fileio
 from pipeline import plots
+from pipeline import schema
 from pipeline.reader import dataset
 
 MISTAKES_SHOWN = 16  # a 4x4 grid
@@ -105,14 +106,18 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def evaluate_split(
-    model: keras.Model, records_dir: str, split: str, config: dataset.InputConfig, class_names: tuple[str, ...]
+    model: keras.Model, records_dir: str, split: str, config: dataset.InputConfig, class_names: tuple[str, ...],
+    manifest: schema.Manifest | None = None,
 ) -> Evaluation:
     """Runs `split` of `records_dir` through `model` with the reader's evaluation dataset.
 
     Args:
       config: the run's evaluation InputConfig (image size, batch size, class mode).
+      manifest: the records' manifest, read by the caller; None reads it here.
     """
-    ds = dataset.eval_dataset(records_dir, split, dataclasses.replace(config, cache=False, class_mode="sparse"))
+    manifest = schema.read_manifest(records_dir) if manifest is None else manifest
+    ds = dataset.eval_dataset(records_dir, split, dataclasses.replace(config, cache=False, class_mode="sparse"),
+                              manifest)
     labels, probabilities, kept = [], [], {}  # kept: index -> (confidence, image) of the top mistakes so far
     start = 0
     for images, batch_labels in ds:
@@ -135,7 +140,7 @@ def evaluate_split(
         accuracy=float((predicted == labels).mean()), loss=loss, confusion_matrix=matrix.tolist(),
         per_class=_per_class(matrix, class_names),
         roc_auc=roc_auc(labels, probabilities[:, 1]) if len(class_names) == 2 else None,
-        class_names=class_names, filenames=tuple(dataset.split_filenames(records_dir, split)),
+        class_names=class_names, filenames=tuple(dataset.split_filenames(records_dir, split, manifest)),
         labels=labels, probabilities=probabilities, mistakes=tuple(kept),
         mistake_images=np.stack([image for _, image in kept.values()]) if kept else None,
     )

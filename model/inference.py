@@ -23,6 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from pipeline import cli
 from pipeline import fileio
 from pipeline.reader import dataset
 from pipeline.reader import transforms
@@ -60,7 +61,7 @@ class TrainedRun:
 
     def load_model(self) -> keras.Model:
         if not fileio.exists(self.model_path):
-            raise FileNotFoundError(f"{self.model_path} is not there: train.py writes it at the end of a run")
+            raise cli.MissingError(f"{self.model_path} is not there: train.py writes it at the end of a run")
         return keras.models.load_model(self.model_path, compile=False)
 
 
@@ -86,7 +87,7 @@ def open_run(model_dir: str) -> TrainedRun:
     """
     path = os.path.join(model_dir, run_dir.RUN_FILENAME)
     if not fileio.exists(path):
-        raise FileNotFoundError(f"{model_dir} holds no run ({run_dir.RUN_FILENAME} is not there): pass a train.py --model_dir")
+        raise cli.MissingError(f"{model_dir} holds no run ({run_dir.RUN_FILENAME} is not there): pass a train.py --model_dir")
     class_names, image_size, stored_size = fileio.read_state(
         path, _run_settings, "train again into another --model_dir")
     results = os.path.join(model_dir, "results.json")
@@ -119,10 +120,10 @@ def image_files(paths: Sequence[str], on_hidden: Callable[[str], None] = lambda 
     """
     found = []
     for path in paths:
-        if not tf.io.gfile.isdir(path):
+        if not fileio.isdir(path):
             found.append(path)
             continue
-        for folder, subfolders, files in tf.io.gfile.walk(path):
+        for folder, subfolders, files in fileio.walk(path):
             for name in sorted(name for name in subfolders if name.startswith(".")):
                 on_hidden(os.path.join(folder, name))
             subfolders[:] = [name for name in subfolders if not name.startswith(".")]  # walk prunes in place
@@ -213,7 +214,7 @@ def export_model(run: TrainedRun, model: keras.Model, path: str | None = None) -
     archive.track(model)
     archive.add_endpoint("serving_default", serve, input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     if fileio.exists(path) and not fileio.exists(f"{path.rstrip('/')}/saved_model.pb"):
-        raise ValueError(f"{path} exists and is not a SavedModel: give a new folder or an earlier export")
+        raise cli.InputError(f"{path} exists and is not a SavedModel: give a new folder or an earlier export")
     if fileio.is_url(path):  # object stores rename no folders: written in place
         fileio.rmtree(path)
         archive.write_out(path, verbose=False)

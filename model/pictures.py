@@ -26,16 +26,20 @@ def save_input_pictures(
     eval_config: dataset.InputConfig,
     seed: int,
 ) -> None:
-    """Writes the INPUT_PICTURES into `model_dir`, read from `records` as the run reads them."""
+    """Writes the INPUT_PICTURES into `model_dir`, read from `records` (`manifest`: theirs) as the run reads them.
+
+    Both are read in this process, also for a run on tf.data service (whose
+    workers' batches stay uint8 until the trainer scales them).
+    """
     batch_png, variants_png = (os.path.join(model_dir, name) for name in INPUT_PICTURES)
-    batch = dataclasses.replace(train_config, cache=False, batch_size=PICTURE_COUNT)
-    images, labels = next(iter(dataset.train_dataset(records, batch)))
+    batch = dataclasses.replace(train_config, cache=False, batch_size=PICTURE_COUNT, distributed=False)
+    images, labels = next(iter(dataset.train_dataset(records, batch, manifest=manifest)))
     label_ids = np.argmax(labels, axis=-1) if labels.ndim == 2 else np.asarray(labels).astype(int)
     plots.plot_image_grid(
         images.numpy(), [manifest.class_names[i] for i in label_ids],
         batch_png, suptitle="One training batch",
     )
-    first = next(iter(dataset.eval_dataset(records, "train", dataclasses.replace(eval_config, cache=False))))
+    first = next(iter(dataset.eval_dataset(records, "train", dataclasses.replace(eval_config, cache=False), manifest)))
     image = tf.cast(tf.round(first[0][0] * 255.0), tf.uint8)
     variants = augment.augmented_variants(image, PICTURE_COUNT, seed)
     plots.plot_image_grid(

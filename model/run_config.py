@@ -1,4 +1,4 @@
-"""A training run's settings: `TrainConfig`, one field per train.py flag."""
+"""A training run's settings: `TrainConfig`, whose fields are train.py's flags."""
 
 from __future__ import annotations
 
@@ -8,18 +8,9 @@ import os
 
 from model import cnn
 from model import hardware
+from pipeline import cli
 from pipeline.reader import dataset
 
-# Lower bounds of the numeric settings; train.py's flags use the same.
-LOWER_BOUNDS = {
-    "epochs": 1,
-    "batch_size": 1,
-    "steps_per_epoch": 1,
-    "validation_steps": 1,
-    "image_size": cnn.MIN_IMAGE_SIZE,
-    "verbose": 0,
-    "backup_every_steps": 1,
-}
 # The settings that define a run: a resume must not change them.
 RUN_DEFINING_FIELDS = (
     "batch_size", "steps_per_epoch", "learning_rate", "augment", "augment_on", "image_size", "seed",
@@ -43,80 +34,70 @@ class Strategy(enum.Enum):
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """A training run; train.py has one flag per field, of the same name.
+    """A training run: each field is a train.py flag of the same name, its help the field's documentation.
 
-    Attributes:
-      records: folder written by convert.py.
-      model_dir: outputs; a rerun with the same folder resumes.
-      epochs: epochs to train, in all (a resumed run counts the done ones).
-      batch_size: images per batch: the global batch, split evenly over the
-        replicas of a mirrored strategy.
-      steps_per_epoch: batches per epoch; None for one pass over train.
-      validation_steps: validation batches per epoch; None for all.
-      learning_rate: Adam's learning rate.
-      augment: the notebook's augmentation.
-      augment_on: where it runs; AUTO picks from the hardware found.
-      image_size: the square input size.
-      cache: keep decoded images in memory after the first epoch.
-      mixed_precision: float16 compute on a GPU, bfloat16 on a CPU.
-      jit_compile: compile the train step with XLA.
-      save_h5: also save model.h5.
-      export: also write export/, a SavedModel that takes encoded images (model.inference).
-      pictures: draw input_batch.png and augmented_variants.png at the start,
-        training_curves.png after every epoch and the test split's
-        confusion_matrix.png and mistakes.png (a few seconds of CPU a run).
-      strategy: one device, or mirrored over the local devices.
-      data_service: a tf.data service dispatcher, grpc://HOST:PORT, whose
-        workers prepare the training batches (validation stays local); None
-        to prepare them in this process.
-      profile_batches: (first, last) training batch of a TensorBoard profiler
-        trace, or None for no trace.
-      seed: seed of weights, shuffles and augmentation.
-      backup_every_steps: also back up every this many batches of an epoch
-        (besides every epoch's end and a stop), so that a kill loses at most
-        that many; None for epoch ends only.
-      deterministic: TensorFlow's op determinism: a resumed run then ends
-        with the very weights of an uninterrupted one (it sees the same
-        batches either way). Slower; for the whole process.
-      verbose: Keras' progress output (0, 1 or 2).
+    Raises (on construction):
+      ValueError: a value out of its bounds, naming the flag; a required
+        field unset; `backup_every_steps` with `data_service`; bad `profile_batches`.
     """
 
-    records: str | None = None
-    model_dir: str = "runs/cnn"
-    epochs: int = 50
-    batch_size: int = dataset.DEFAULT_BATCH_SIZE
-    steps_per_epoch: int | None = None
-    validation_steps: int | None = None
-    learning_rate: float = cnn.DEFAULT_LEARNING_RATE
-    augment: bool = True
-    augment_on: AugmentOn = AugmentOn.AUTO
-    image_size: int = dataset.DEFAULT_IMAGE_SIZE[0]
-    cache: bool = True
-    mixed_precision: bool = False
-    jit_compile: bool = False
-    save_h5: bool = False
-    export: bool = True
-    pictures: bool = True
-    strategy: Strategy = Strategy.DEFAULT
-    data_service: str | None = None
-    profile_batches: tuple[int, int] | None = None
-    seed: int = 0
-    backup_every_steps: int | None = None
-    deterministic: bool = False
-    verbose: int = 2
+    records: str = cli.setting(help="Records folder written by convert.py.")
+    model_dir: str = cli.setting("runs/cnn", help="Output folder; rerun with it to resume.")
+    epochs: int = cli.setting(
+        50, help="Epochs to train, in all (a resumed run counts the ones done).", at_least=1)
+    batch_size: int = cli.setting(
+        dataset.DEFAULT_BATCH_SIZE, at_least=1,
+        help="Images per batch: the global batch, split evenly over the replicas of --strategy=mirrored.")
+    steps_per_epoch: int | None = cli.setting(
+        None, help="Batches per epoch. Default: one pass over the train split.", at_least=1)
+    validation_steps: int | None = cli.setting(
+        None, help="Validation batches per epoch. Default: the whole validation split.", at_least=1)
+    learning_rate: float = cli.setting(cnn.DEFAULT_LEARNING_RATE, help="Adam learning rate.", above=0)
+    augment: bool = cli.setting(True, help="The notebook's augmentation (flips, rotation, zoom, shift).")
+    augment_on: AugmentOn = cli.setting(
+        AugmentOn.AUTO,
+        help="host: in tf.data on the CPU; device: as the model's first layer, on the GPU; "
+             "auto: device when a GPU is found, else host.")
+    image_size: int = cli.setting(
+        dataset.DEFAULT_IMAGE_SIZE[0], help="Square input size.", at_least=cnn.MIN_IMAGE_SIZE)
+    cache: bool = cli.setting(True, help="Keep decoded images in memory after the first epoch.")
+    mixed_precision: bool = cli.setting(False, help="float16 compute on GPU (bfloat16 on CPU).")
+    jit_compile: bool = cli.setting(False, help="Compile the train step with XLA.")
+    save_h5: bool = cli.setting(False, help="Also save model.h5, as the notebook did.")
+    export: bool = cli.setting(
+        True, help="Also write MODEL_DIR/export: a SavedModel that takes encoded images.")
+    pictures: bool = cli.setting(
+        True,
+        help="Draw input_batch.png, augmented_variants.png, training_curves.png (after every epoch) and the "
+             "test split's confusion_matrix.png and mistakes.png (a few seconds of CPU a run).")
+    strategy: Strategy = cli.setting(
+        Strategy.DEFAULT,
+        help="default: one device; mirrored: every local GPU, one replica each (--batch_size is the global batch).")
+    data_service: str | None = cli.setting(
+        None,
+        help="grpc://HOST:PORT of a tf.data service dispatcher whose workers prepare the training batches "
+             "(start them with data_service.py; validation stays here). Default: prepare them in this process.")
+    profile_batches: tuple[int, int] | None = cli.setting(
+        None, help="Write a TensorBoard profiler trace of training batches A to B (e.g. 10,20) to <model_dir>/logs.")
+    seed: int = cli.setting(0, help="Seed of weights, shuffles and augmentation.")
+    backup_every_steps: int | None = cli.setting(
+        None, at_least=1,
+        help="Also back up every N batches of an epoch, to resume there after a kill. Default: at epoch ends "
+             "(and on SIGTERM or Ctrl-C).")
+    deterministic: bool = cli.setting(
+        False,
+        help="TensorFlow op determinism, for the whole process: a resumed run ends with the very weights of "
+             "an uninterrupted one (it sees the same batches either way). Slower.")
+    verbose: int = cli.setting(
+        2, help="Keras progress output: 0 silent, 1 bar, 2 a line per epoch.", at_least=0, at_most=2)
 
     def __post_init__(self):
-        for name, bound in LOWER_BOUNDS.items():
-            value = getattr(self, name)
-            if value is not None and value < bound:
-                raise ValueError(f"--{name} must be at least {bound}, got {value}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"--learning_rate must be positive, got {self.learning_rate}")
+        cli.check_settings(self)
         if self.backup_every_steps and self.data_service:
-            raise ValueError("--backup_every_steps needs the input made in this process: "
+            raise cli.SettingError("--backup_every_steps needs the input made in this process: "
                              "a run on tf.data service resumes at the epoch")
         if self.profile_batches is not None and not 1 <= self.profile_batches[0] <= self.profile_batches[1]:
-            raise ValueError(f"--profile_batches must be A,B with 1 <= A <= B, got {self.profile_batches}")
+            raise cli.SettingError(f"--profile_batches must be A,B with 1 <= A <= B, got {self.profile_batches}")
 
     def path(self, *names: str) -> str:
         """A path inside model_dir."""

@@ -10,7 +10,7 @@ moment leaves a folder that resumes from its last backup.
 
 A backup is taken after every epoch, every --backup_every_steps batches and
 when the run is asked to stop. It holds counters, not data: with them the
-training dataset restarts at the same batch (`dataset.EpochPosition`), and
+training dataset restarts at the same batch (`epochs.EpochPosition`), and
 the running training metrics of the epoch go on from their saved totals.
 Every file is written under a temporary name and renamed into place; the
 backup's state.json is the commit point, renamed only once the weights it
@@ -29,6 +29,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from pipeline import cli
 from pipeline import fileio
 
 RUN_FILENAME = "run.json"
@@ -42,7 +43,7 @@ _STATE_FILENAME = "state.json"
 _WEIGHTS_SUFFIX = ".weights.h5"
 
 
-class RunMismatchError(ValueError):
+class RunMismatchError(cli.UserError, ValueError):
     """A model_dir holds a run with other settings; the message says which."""
 
 
@@ -52,7 +53,7 @@ def save_model(model: keras.Model, path: str) -> str:
     stem, extension = os.path.splitext(name)
     tmp = os.path.join(folder, f".{stem}.partial{extension}")  # Keras wants the extension
     model.save(tmp)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+    fileio.replace(tmp, path)
     return path
 
 
@@ -65,7 +66,7 @@ def record_settings(model_dir: str, settings: Mapping[str, Any]) -> None:
     """
     path = os.path.join(model_dir, RUN_FILENAME)
     settings = fileio.normalize_json(settings)
-    if not tf.io.gfile.exists(path):
+    if not fileio.exists(path):
         fileio.write_json(path, settings)
         return
     stored = fileio.read_state(
@@ -135,7 +136,7 @@ def _check_state(backup_dir: str) -> Callable[[Any], BackupState]:
             raise ValueError(f"it holds epoch {epoch!r} and step {step!r}")
         if not isinstance(weights, str) or "/" in weights:
             raise ValueError(f"it holds weights {weights!r}")
-        if not tf.io.gfile.exists(os.path.join(backup_dir, weights)):
+        if not fileio.exists(os.path.join(backup_dir, weights)):
             raise ValueError(f"the weights file it names, {weights}, is not there")
         return BackupState(epoch, step, weights, tuple(data.get("metrics", ())), tuple(data.get("counters", ())))
 
@@ -150,7 +151,7 @@ def read_backup_state(backup_dir: str) -> BackupState | None:
         that are not there.
     """
     path = os.path.join(backup_dir, _STATE_FILENAME)
-    if not tf.io.gfile.exists(path):
+    if not fileio.exists(path):
         return None
     remedy = f"delete {backup_dir} to train again from the first epoch (the checkpoints stay)"
     return fileio.read_state(path, _check_state(backup_dir), remedy)
@@ -254,7 +255,7 @@ class Backup(keras.callbacks.Callback):
 
     def _save(self, epoch: int, step: int) -> None:
         self.check()
-        tf.io.gfile.makedirs(self.backup_dir)
+        fileio.makedirs(self.backup_dir)
         name = f"epoch_{epoch:04d}" + (f"_step_{step:06d}" if step else "") + _WEIGHTS_SUFFIX
         self.model.save_weights(os.path.join(self.backup_dir, name), overwrite=True)
         state = {"epoch": epoch, "step": step, "weights": name,
@@ -262,9 +263,9 @@ class Backup(keras.callbacks.Callback):
         if step:
             state["metrics"] = [variable.numpy().tolist() for variable in self.model.metrics_variables]
         fileio.write_json(os.path.join(self.backup_dir, _STATE_FILENAME), state)
-        for old in tf.io.gfile.listdir(self.backup_dir):
+        for old in fileio.listdir(self.backup_dir):
             if old.endswith(_WEIGHTS_SUFFIX) and old != name:
-                tf.io.gfile.remove(os.path.join(self.backup_dir, old))
+                fileio.remove(os.path.join(self.backup_dir, old))
         if step:
             logging.info("backup: the state at epoch %d, batch %d is saved in %s", epoch + 1, step, self.backup_dir)
         else:
@@ -279,7 +280,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self.folder = folder
 
     def on_epoch_end(self, epoch, logs=None):
-        tf.io.gfile.makedirs(self.folder)
+        fileio.makedirs(self.folder)
         save_model(self.model, os.path.join(self.folder, f"epoch_{epoch + 1:03d}.keras"))
 
 

@@ -10,26 +10,33 @@ otherwise.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow's first import
 
-from absl import flags  # noqa: E402
-
 from pipeline import cli  # noqa: E402
 from pipeline import verify  # noqa: E402
 
-FLAGS = flags.FlagValues()
-flags.DEFINE_string("records", None, "Records folder written by convert.py.", required=True, flag_values=FLAGS)
-flags.DEFINE_boolean("decode", False, "Also decode every image (a JPEG of the record's size that decodes).", flag_values=FLAGS)
 
 
-def _verify() -> None:
-    report = verify.verify_records(FLAGS.records, decode=FLAGS.decode)
+@dataclasses.dataclass(frozen=True)
+class VerifyConfig:
+    """verify.py's flags, a field each."""
+
+    records: str = cli.setting(help="Records folder written by convert.py.")
+    decode: bool = cli.setting(False, help="Also decode every image (a JPEG of the record's size that decodes).")
+
+    def __post_init__(self):
+        cli.check_settings(self)
+
+
+def _verify(config: VerifyConfig) -> None:
+    report = verify.verify_records(config.records, decode=config.decode)
     print(report.format())
     if not report.ok:
         count = len(report.problems)
-        cli.fail(f"{count} problem{'s' if count > 1 else ''} in {FLAGS.records}")
+        cli.fail(f"{count} problem{'s' if count > 1 else ''} in {config.records}")
 
 
-VERIFY = cli.Command("verify.py", __doc__, FLAGS, _verify)
+VERIFY = cli.Command("verify.py", __doc__, VerifyConfig, _verify)

@@ -28,6 +28,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO, TypeVar
 
+from pipeline import cli
+
 T = TypeVar("T")
 
 # RFC 3986 scheme, then "://": "gs://b/x" is a URL, "/data/x" and "C:\\x" are not.
@@ -267,7 +269,7 @@ def read_json(path: str) -> Any:
         return json.load(f)
 
 
-class DamagedFileError(ValueError):
+class DamagedFileError(cli.UserError, ValueError):
     """A file a run keeps its state in does not read: the message names it and the way out."""
 
 
@@ -300,7 +302,7 @@ def read_state(path: str, check: Callable[[Any], T], remedy: str) -> T:
     raise DamagedFileError(f"{path} is damaged: {problem}: {remedy}")
 
 
-class LockedError(ValueError):
+class LockedError(cli.UserError, ValueError):
     """A folder is held by another process: the message names it (program, PID and host)."""
 
 
@@ -347,10 +349,8 @@ def _holders(st: os.stat_result) -> str:
                 fields = line.split()
                 if "FLOCK" in fields and where in fields:
                     pids.append(int(fields[fields.index(where) - 1]))
-    host = socket.gethostname()
-    if not pids:
-        return f"another process on host {host}"
-    return ", ".join(f"{_program(pid)} (PID {pid})" for pid in dict.fromkeys(pids)) + f" on host {host}"
+    who = ", ".join(f"{_program(pid)} (PID {pid})" for pid in dict.fromkeys(pids)) or "another process"
+    return f"{who} on host {socket.gethostname()}"
 
 
 def _program(pid: int) -> str:
@@ -392,3 +392,8 @@ def disk_full_message(folder: str, needed_bytes: int | None = None) -> str:
         with contextlib.suppress(OSError):
             free = f", {shutil.disk_usage(folder).free / 1e6:,.1f} MB are free"
     return f"no space left writing to {folder}{needed}{free}"
+
+
+def walk(folder: str) -> Iterator[tuple[str, list[str], list[str]]]:
+    """`os.walk` (links followed) or, at a URL, `tf.io.gfile.walk`: subfolders removed from the list are pruned."""
+    return _gfile().walk(folder) if is_url(folder) else os.walk(folder, followlinks=True)

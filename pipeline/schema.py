@@ -16,6 +16,7 @@ import os
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
+from pipeline import cli
 from pipeline import fileio
 from pipeline import tfrecord
 
@@ -26,9 +27,7 @@ SCHEMA_VERSION = 2
 READABLE_SCHEMA_VERSIONS = (1, 2)
 MANIFEST_FILENAME = "manifest.json"
 FILE_FORMAT = "tfrecord"
-# The quality of the JPEGs the converter encodes; the reader repeats that encode for a
-# file given to predict.py when the records were stored resized (`transforms.as_stored`).
-STORED_JPEG_QUALITY = 95
+STORED_JPEG_QUALITY = 95  # of the converter's JPEGs; predict.py redoes them for resized records
 
 # Feature keys; also the TFDS feature names.
 IMAGE_KEY = "image"
@@ -148,6 +147,7 @@ class DuplicatePair:
     original_split: str
     distance: int  # bits of perceptual hash that differ; 0 when identical
     identical: bool  # byte for byte
+    score: float | None = None  # thumbnails' likeness, 0 to 1 (1.0 identical); None: a manifest from before
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,9 +180,9 @@ class Manifest:
         return len(self.class_names)
 
     def split(self, name: str, records_dir: str = "the records folder") -> SplitInfo:
-        """The SplitInfo of `name`; ValueError naming the splits there are."""
+        """The SplitInfo of `name`; cli.InputError naming the splits there are."""
         if name not in self.splits:
-            raise ValueError(
+            raise cli.InputError(
                 f"split {name!r} is not in {records_dir} (it has: {', '.join(sorted(self.splits))})"
             )
         return self.splits[name]
@@ -332,7 +332,10 @@ def _pair_from_json(pair: _Field) -> DuplicatePair:
     if not isinstance(identical, bool):
         pair.get("identical").fail("true or false")
     text = [pair.get(key).text() for key in ("path", "split", "original_path", "original_split")]
-    return DuplicatePair(*text, pair.get("distance").count(), identical)
+    score = pair.get("score", None)  # absent from manifests written before it
+    if score.value is not None and (type(score.value) not in (int, float) or not 0 <= score.value <= 1):
+        score.fail("null or a number from 0 to 1")
+    return DuplicatePair(*text, pair.get("distance").count(), identical, score.value)
 
 
 def _shard_from_json(shard: _Field) -> ShardInfo:
@@ -352,24 +355,24 @@ def read_manifest(records_dir: str) -> Manifest:
     """Reads `manifest.json` of a records folder.
 
     Raises:
-      FileNotFoundError: the folder holds no finished conversion.
-      ValueError: the manifest is of a schema version this reader can't read,
-        or damaged (not JSON, a field missing or wrong, counts that
+      cli.MissingError: the folder holds no finished conversion.
+      cli.InputError: the manifest is of a schema version this reader can't
+        read, or damaged (not JSON, a field missing or wrong, counts that
         disagree); the one-line message starts with the manifest's path.
     """
     path = os.path.join(records_dir, MANIFEST_FILENAME)
     if not fileio.exists(path):
-        raise FileNotFoundError(f"{records_dir} has no {MANIFEST_FILENAME}: run convert.py first")
+        raise cli.MissingError(f"{records_dir} has no {MANIFEST_FILENAME}: run convert.py first")
     try:
         return Manifest.from_json(fileio.read_json(path))
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON: {e}") from None
+        raise cli.InputError(f"{path}: not valid JSON: {e}") from None
     except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text: byte {e.start} is {e.object[e.start]:#04x}") from None
+        raise cli.InputError(f"{path}: not UTF-8 text: byte {e.start} is {e.object[e.start]:#04x}") from None
     except OSError as e:  # a folder, no permission, ...
-        raise ValueError(f"{path}: cannot read it: {e.strerror or e}") from None
+        raise cli.InputError(f"{path}: cannot read it: {e.strerror or e}") from None
     except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
+        raise cli.InputError(f"{path}: {e}") from None
 
 
 def check_shard_files(records_dir: str, manifest: Manifest) -> None:
@@ -379,7 +382,7 @@ def check_shard_files(records_dir: str, manifest: Manifest) -> None:
     otherwise fail only when the file is reached, mid-epoch.
 
     Raises:
-      FileNotFoundError: one line naming every missing or wrong-sized shard.
+      cli.MissingError: one line naming every missing or wrong-sized shard.
     """
     problems = []
     for split in manifest.splits.values():
@@ -390,7 +393,7 @@ def check_shard_files(records_dir: str, manifest: Manifest) -> None:
             elif (size := fileio.size(path)) != shard.num_bytes:
                 problems.append(f"{shard.filename} has {size:,} bytes, not {shard.num_bytes:,}")
     if problems:
-        raise FileNotFoundError(
+        raise cli.MissingError(
             f"{records_dir} does not hold the shards its manifest lists: {'; '.join(problems)}: "
             "convert the images again, or restore the files"
         )

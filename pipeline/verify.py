@@ -3,7 +3,6 @@
     report = verify_records("records")               # files, checksums, counts, labels, sizes
     report = verify_records("records", decode=True)  # and every image decoded
     print(report.format())                           # one line per problem
-    error_text(e)                                    # a reader's tf error, as one line
 
 What is checked, per shard of every split: the file exists and has the
 manifest's byte size; every record's checksums (length and data, read here
@@ -24,10 +23,10 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
-import re
 import time
 from collections.abc import Iterator
 
+from pipeline import cli
 from pipeline import fileio
 from pipeline import schema
 from pipeline import tfrecord
@@ -326,7 +325,7 @@ def _decode_failure(record: bytes) -> str:
     try:
         inspect_image(image)
     except tf.errors.OpError as e:
-        return f"does not decode: {error_text(e)}"
+        return f"does not decode: {cli.error_text(e)}"
     return "failed when read with the others, not when read alone"
 
 
@@ -363,19 +362,3 @@ def _in_order(shard: _Shard) -> list[Problem]:
         return problems
     rest = len(problems) - MAX_PROBLEMS_PER_SHARD + 1
     return problems[: MAX_PROBLEMS_PER_SHARD - 1] + [Problem(shard.info.filename, f"and {rest} more problems")]
-
-
-def error_text(error) -> str:
-    """A TensorFlow error's message without the op, function and iterator names around it.
-
-    For a failed check of the reader (pipeline.reader.dataset), that is the check's
-    own one line, which names the shard: e.g. "records/x-train.tfrecord-00001-
-    of-00004: the shard holds 3 records, but manifest.json says 4".
-    """
-    asserted = re.search(r"assertion failed: \[(.*)\]", error.message)
-    if asserted:
-        return asserted.group(1)
-    text = error.message.split("}}")[-1] if error.message.startswith("{{") else error.message
-    text = re.sub(r"\s*\[\[.*?\]\]", "", text, flags=re.S)
-    text = re.sub(r"\s*\[Op:\w+\].*$", "", text, flags=re.S).strip()
-    return text.replace("' failed with ", ": ")

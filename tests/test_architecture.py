@@ -31,6 +31,8 @@ ALLOWED = {
 }
 # Besides __init__: schema, tfrecord (its wire format), verify, fileio, plots, cli, commands.
 CORE_MODULES_AT_MOST = 7
+# Parameters of a converter function (self not counted): more means fields passed one at a time.
+MAX_CONVERTER_PARAMETERS = 6
 
 
 def _module_name(path: Path) -> str:
@@ -87,7 +89,7 @@ def test_the_graph_is_read():
     """The parser sees the imports it must see: a check on the checks below."""
     assert "pipeline.converter.conversion" in GRAPH["pipeline.converter.commands"]
     assert "pipeline.converter.beam" in GRAPH["pipeline.converter.conversion"]  # imported inside a function
-    assert {"pipeline.reader.dataset", "pipeline.schema"} <= GRAPH["model.training"]
+    assert {"pipeline.reader.dataset", "pipeline.schema"} <= GRAPH["model.run_plan"]
 
 
 @pytest.mark.parametrize("module", sorted(MODULES))
@@ -128,6 +130,25 @@ def test_modules_stay_small(module):
 def test_the_shared_core_stays_small():
     core = [name for name in MODULES if _layer(name) == CORE and name != "pipeline"]
     assert len(core) <= CORE_MODULES_AT_MOST, core
+
+
+def _parameters(function: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """What a caller passes: every parameter but a method's self or cls; *args and **kwargs one each."""
+    args = function.args
+    positional = [arg.arg for arg in args.posonlyargs + args.args]
+    bound = 1 if positional and positional[0] in ("self", "cls") else 0
+    return len(positional) - bound + len(args.kwonlyargs) + (args.vararg is not None) + (args.kwarg is not None)
+
+
+def test_converter_functions_take_at_most_six_parameters():
+    """The converter passes its ConversionConfig (or a small object), not its fields one at a time."""
+    many = [
+        f"{module}.{node.name} ({_parameters(node)})"
+        for module, path in MODULES.items() if _layer(module) == CONVERTER
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _parameters(node) > MAX_CONVERTER_PARAMETERS
+    ]
+    assert not many, many
 
 
 ROOT_SCRIPTS = sorted(p for p in REPO.glob("*.py") if p.name != "setup.py")

@@ -22,8 +22,14 @@ from benchmark import targets
 from benchmark import timing
 from benchmark.commands import BENCH
 from support import cli
+from pipeline import schema
 from pipeline.reader import augment
 from pipeline.reader import dataset
+from model import run_config
+from model import run_dir
+from model import run_plan
+from model import training
+from model.commands import TRAIN
 
 
 LOADERS = (
@@ -285,7 +291,8 @@ def _is_positive_finite(value) -> bool:
 
 @pytest.fixture(scope="module")
 def bench_py(tmp_path_factory) -> dict:
-    """bench.py's main end to end on a tiny tree, in this process."""
+    """bench.py's main end to end on a tiny tree, in this process; "plans": the RunPlan of each
+    `RunPlan.batches` call (train.py's own training input) it made."""
     root = tmp_path_factory.mktemp("bench_py")
     _make_tree(root / "pets")
     cases = {
@@ -294,7 +301,10 @@ def bench_py(tmp_path_factory) -> dict:
             "--batch_size=4", "--max_batches=2", "--passes=1", "--train_steps=2",
         ],
     }
-    return {**cli.cases(BENCH, cases), "out": root / "bench_out"}
+    plans, batches = [], run_plan.RunPlan.batches
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(run_plan.RunPlan, "batches", lambda self, *args: plans.append(self) or batches(self, *args))
+        return {**cli.cases(BENCH, cases), "out": root / "bench_out", "plans": plans}
 
 
 def test_bench_smoke(bench_py):
@@ -345,6 +355,41 @@ def test_bench_smoke(bench_py):
         image.verify()
     with Image.open(png) as image:
         assert image.format == "PNG" and min(image.size) > 100
+
+
+def test_the_training_rows_take_train_py_s_input_for_the_same_flags(split_records, monkeypatch):
+    """The TrainConfig and InputConfig bench.py's training rows use are those train.py makes of
+    --batch_size, --image_size, --augment_on=host and --[no]cache (train.py's run is stopped at its start)."""
+    records_dir, _ = split_records
+    manifest = schema.read_manifest(str(records_dir))
+    given = []
+
+    def captured(config, stop=None):
+        given.append(config)
+        return run_dir.TrainResult(1, None, {}, {}, already_complete=True)
+
+    monkeypatch.setattr(training, "train_and_evaluate", captured)
+    config = plan.BenchmarkConfig(src="unused", batch_size=5, image_size=(40, 40))
+    data = plan.Data("train", "unused", 24, ("cats", "dogs"), "binary", None, {}, 1.0, 1.0)
+    bench = plan._Run(config, data, str(records_dir), "unused", manifest, lambda message: None)
+    for cache in (True, False):
+        flags = [f"--records={records_dir}", "--batch_size=5", "--image_size=40", "--augment_on=host",
+                 "--cache" if cache else "--nocache"]
+        assert cli.run(TRAIN, *flags).returncode == 0
+        train_py = run_plan.plan_run(given.pop(), manifest)
+        assert bench.train_plan(cache).config == train_py.config
+        assert bench.train_plan(cache).train_input == train_py.train_input
+        assert train_py.train_input.augmentation == augment.NOTEBOOK_AUGMENTATION and train_py.cache is cache
+
+
+def test_the_training_and_streaming_rows_read_train_py_s_own_input(bench_py):
+    """Cached and uncached training, then the streaming row: `RunPlan.batches` of train.py's plan."""
+    plans = bench_py["plans"]
+    assert [p.cache for p in plans] == [True, False, False]
+    for made in plans:
+        expected = run_config.TrainConfig(records=made.config.records, batch_size=4, image_size=150,
+                                          augment_on=run_config.AugmentOn.HOST, cache=made.cache)
+        assert made.config == expected and made.train_input.seed == expected.seed
 
 
 def test_bench_reports_a_missing_split_in_one_line(tmp_path):

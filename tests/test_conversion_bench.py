@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from benchmark import BenchmarkError
 from benchmark import conversion
 from benchmark import conversion_report
 from support.images import make_image_tree
@@ -60,7 +61,7 @@ def test_the_duplicate_search_figures_come_from_the_fastest_runs_of_each():
 
 def test_a_failed_conversion_is_an_error_with_its_line(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(RuntimeError, match="convert.py failed: convert.py: error: "):
+    with pytest.raises(BenchmarkError, match="convert.py failed: convert.py: error: "):
         conversion.run_converter(str(tmp_path / "empty"), str(tmp_path / "records"), workers=1)
 
 

@@ -25,10 +25,12 @@ from support import cli
 from support import processes
 from support.images import COLOUR_TOLERANCE, make_image_tree, nearest_palette_colour
 from support.records import convert
+from pipeline import plots
 from pipeline import schema
 from pipeline.reader import augment, dataset, service
+from model import pictures
 from model import run_config
-from model import training
+from model import run_plan
 from model.commands import TRAIN
 from pipeline.reader.commands import DATA_SERVICE
 
@@ -116,14 +118,19 @@ def _sources(tree, images: np.ndarray) -> Counter:
     return found
 
 
-def test_the_distributed_epoch_holds_every_training_example_once(tree_and_records, cluster):
+def test_the_distributed_epochs_come_back_to_back_each_holding_every_training_example_once(
+    tree_and_records, cluster
+):
     tree, records = tree_and_records
-    manifest = schema.read_manifest(str(records))
-    config = _config(records, cluster.address)
-    data = training.training_input(config, manifest, cache=False, position=None)
-    assert data.element_spec[0].dtype == tf.float32  # scaled on the trainer
+    plan = run_plan.plan_run(_config(records, cluster.address), schema.read_manifest(str(records)))
+    batches = plan.batches()  # as train.py takes them: the epochs back to back, 7 batches each
+    passes = batches.passes
+    assert passes.endless and passes.rest_of_epoch is None and passes.steps_per_epoch == 7
+    assert not batches.probe and not batches.callbacks and not plan.source.mid_epoch
+    assert passes.epochs.element_spec[0].dtype == tf.float32  # scaled on the trainer
+    stream = iter(passes.epochs)
     for _ in range(2):  # two epochs: a new job each
-        batches = [x.numpy() for x, _ in data]
+        batches = [next(stream)[0].numpy() for _ in range(passes.steps_per_epoch)]
         # Each worker's last batch is smaller; rebatched, only the epoch's last is, and epochs are of one length.
         assert [len(x) for x in batches] == [4] * 6 + [3]
         images = np.concatenate(batches)
@@ -134,13 +141,27 @@ def test_the_distributed_epoch_holds_every_training_example_once(tree_and_record
 def test_the_distributed_dataset_warps_with_tensorflow_ops_only(tree_and_records):
     _, records = tree_and_records
     manifest = schema.read_manifest(str(records))
-    train_config, _ = training.input_configs(_config(records, "grpc://127.0.0.1:1"), manifest.num_classes)
+    train_config = run_plan.plan_run(_config(records, "grpc://127.0.0.1:1", cache=True), manifest).train_input
     assert train_config.host_warp is augment.HostWarp.TENSORFLOW and not train_config.cache
-    on_workers = dataset.train_dataset(str(records), train_config)
+    on_workers = dataset.train_dataset(str(records), train_config, manifest=manifest)
     assert on_workers.element_spec[0].dtype == tf.uint8  # a quarter of float32's bytes on the wire
     graph = on_workers._as_serialized_graph().numpy()
     # The warp is TensorFlow's C++ kernel, not OpenCV through tf.numpy_function.
     assert b"PyFunc" not in graph and b"ImageProjectiveTransformV3" in graph
+
+
+def test_the_input_pictures_of_a_run_on_the_service_are_read_in_this_process(tree_and_records, tmp_path,
+                                                                           monkeypatch):
+    """The workers' batches stay uint8 until the trainer's end: the pictured batch is made here, in [0, 1]."""
+    _, records = tree_and_records
+    manifest = schema.read_manifest(str(records))
+    plan = run_plan.plan_run(_config(records, "grpc://127.0.0.1:1"), manifest)
+    drawn = []
+    monkeypatch.setattr(plots, "plot_image_grid", lambda images, *args, **kwargs: drawn.append(np.asarray(images)))
+    pictures.save_input_pictures(str(tmp_path), str(records), manifest, plan.train_input, plan.eval_input, seed=0)
+    batch = drawn[0]
+    assert batch.shape == (pictures.PICTURE_COUNT, 24, 24, 3) and batch.dtype == np.float32
+    assert 0.0 <= batch.min() and 0.1 < batch.max() <= 1.0
 
 
 def test_train_py_trains_through_the_service(tree_and_records, cluster, tmp_path, recwarn):
@@ -169,7 +190,9 @@ def test_a_worker_killed_mid_epoch_and_restarted_lets_the_epoch_finish(tree_and_
     """
     tree, records = tree_and_records
     manifest = schema.read_manifest(str(records))
-    data = training.training_input(_config(records, cluster.address), manifest, cache=False, position=None)
+    train_config = run_plan.plan_run(_config(records, cluster.address), manifest).train_input
+    on_workers = dataset.train_dataset(str(records), train_config, manifest=manifest)
+    data = service.on_trainer(service.distribute(on_workers, service.Address.parse(cluster.address)), 4)
     images = []
 
     def disturbed_epoch():

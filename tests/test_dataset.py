@@ -15,6 +15,7 @@ from support.records import convert, read_records, require_cat_dog_small
 from pipeline import schema
 from pipeline.reader import augment
 from pipeline.reader import dataset
+from pipeline.reader import epochs
 from pipeline.reader import transforms
 
 SIZE = (20, 20)
@@ -155,7 +156,7 @@ def test_binary_labels_of_three_classes_are_refused_when_a_dataset_is_built(thre
     assert config.class_mode == "binary"
     for build in (lambda: dataset.eval_dataset(str(records), "train", config),
                   lambda: dataset.train_dataset(str(records), config),
-                  lambda: dataset.train_dataset(str(records), _config(seed=1), position=dataset.EpochPosition())):
+                  lambda: dataset.train_dataset(str(records), _config(seed=1), position=epochs.EpochPosition())):
         with pytest.raises(ValueError) as raised:
             build()
         assert str(raised.value) == expected
@@ -267,6 +268,19 @@ def test_training_augmentation_differs_between_epochs(gradients):
         assert np.abs(epochs[0][relpath] - epochs[1][relpath]).mean() > 1e-3, relpath
         assert np.abs(epochs[0][relpath] - image).mean() > 1e-3, relpath
         assert 0.0 <= epochs[0][relpath].min() and epochs[0][relpath].max() <= 1.0
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_without_a_position_each_pass_is_the_next_epoch_of_the_one_chain(solid, cache):
+    """One chain: a dataset nobody moves makes epochs 0, 1, ... (its own EpochPosition
+    moves on as each pass begins), batch for batch those a position names; its length is stated."""
+    _, records = solid
+    config = _config(augmentation=augment.NOTEBOOK_AUGMENTATION, cache=cache, seed=3)
+    unmoved = dataset.train_dataset(str(records), config)
+    assert int(unmoved.cardinality()) == 4  # 13 images in batches of 4
+    for epoch in range(2):
+        named = dataset.train_dataset(str(records), config, position=epochs.EpochPosition(epoch))
+        np.testing.assert_array_equal(_epoch(unmoved)[0], _epoch(named)[0])
 
 
 def test_training_with_a_seed_is_reproducible(gradients):

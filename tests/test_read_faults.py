@@ -2,7 +2,7 @@
 
 Shards cut short (at a record boundary, inside a record's header, inside its
 data), a manifest count lowered by one, a label outside the classes and a
-damaged manifest.json, each read through `shards.read_records`,
+damaged manifest.json, each read through `read.read_records`,
 `train_dataset` and `eval_dataset`; then a seeded fuzz test of byte flips.
 The helpers that damage a folder are in support/damage.py.
 """
@@ -29,14 +29,15 @@ from support.damage import (
     set_bytes,
     shard_file,
 )
+from pipeline import cli
 from pipeline import schema
 from pipeline import verify
 from pipeline.reader import dataset
-from pipeline.reader import shards
+from pipeline.reader import read
 
 CONFIG = dataset.InputConfig(image_size=(8, 8), batch_size=3, class_mode="sparse")
 READERS = {
-    "read_records": lambda records, split: shards.read_records(str(records), split)[0],
+    "read_records": lambda records, split: read.read_records(str(records), split),
     "train_dataset": lambda records, split: dataset.train_dataset(str(records), CONFIG, split),
     "eval_dataset": lambda records, split: dataset.eval_dataset(str(records), split, CONFIG),
 }
@@ -83,7 +84,7 @@ COUNT_FAULTS = {
 @pytest.mark.parametrize("reader", sorted(READERS))
 @pytest.mark.parametrize("fault", sorted(COUNT_FAULTS))
 def test_a_wrong_record_count_fails_naming_the_shard(records, tmp_path, monkeypatch, fault, reader, max_block):
-    monkeypatch.setattr(shards, "_MAX_BLOCK_RECORDS", max_block)
+    monkeypatch.setattr(read, "_MAX_BLOCK_RECORDS", max_block)
     damaged = copy_records(records, tmp_path / "records")
     shard, counts = COUNT_FAULTS[fault](damaged)
     ds = READERS[reader](damaged, "train")
@@ -91,41 +92,41 @@ def test_a_wrong_record_count_fails_naming_the_shard(records, tmp_path, monkeypa
         for _ in ds:
             pass
     assert str(damaged / shard) in raised.value.message
-    assert verify.error_text(raised.value) == f"{damaged / shard}: the shard {counts}"
+    assert cli.error_text(raised.value) == f"{damaged / shard}: the shard {counts}"
 
 
 def test_the_count_is_checked_at_every_block_boundary(records, tmp_path, monkeypatch):
     """Blocks of 2 in shards of 4: a shard cut to 2 ends exactly at a block."""
-    monkeypatch.setattr(shards, "_MAX_BLOCK_RECORDS", 2)
+    monkeypatch.setattr(read, "_MAX_BLOCK_RECORDS", 2)
     damaged = copy_records(records, tmp_path / "records")
     path = shard_file(damaged, "train", 0)
     cut_shard(path, record_starts(path)[2])
     with pytest.raises(tf.errors.InvalidArgumentError, match="holds 2 records, but manifest.json says 4"):
-        list(shards.read_records(str(damaged), "train")[0])
+        list(read.read_records(str(damaged), "train"))
 
 
 @pytest.mark.parametrize("max_block", [64, 3, 1])
 def test_sound_shards_read_whole_in_any_block_size(records, monkeypatch, max_block):
-    monkeypatch.setattr(shards, "_MAX_BLOCK_RECORDS", max_block)
+    monkeypatch.setattr(read, "_MAX_BLOCK_RECORDS", max_block)
     expected = sorted(
         record.numpy()
         for split_path in schema.read_manifest(str(records)).shard_paths(str(records), "train")
         for record in tf.data.TFRecordDataset(split_path)
     )
-    assert sorted(record.numpy() for record in shards.read_records(str(records), "train")[0]) == expected
+    assert sorted(record.numpy() for record in read.read_records(str(records), "train")) == expected
 
 
 def test_the_count_check_and_label_check_work_eagerly():
     shard = (tf.constant("x.tfrecord"), tf.constant(6, tf.int64))
     records = tf.constant(["a", "b"])
     # Block 2 of 2 records: records 4 and 5 of a shard of 6, or 2 too many for a shard of 4.
-    assert shards.check_block(records, tf.constant(2, tf.int64), shard, 2).numpy().tolist() == [b"a", b"b"]
+    assert read.check_block(records, tf.constant(2, tf.int64), shard, 2).numpy().tolist() == [b"a", b"b"]
     with pytest.raises(tf.errors.InvalidArgumentError, match="x.tfrecord: the shard holds at least 6 records"):
-        shards.check_block(records, tf.constant(2, tf.int64), (shard[0], tf.constant(4, tf.int64)), 2)
+        read.check_block(records, tf.constant(2, tf.int64), (shard[0], tf.constant(4, tf.int64)), 2)
     label = tf.constant(1, tf.int64)
-    assert shards.check_label(label, 2, shard[0], tf.constant(0, tf.int64)).numpy() == 1
+    assert read.check_label(label, 2, shard[0], tf.constant(0, tf.int64)).numpy() == 1
     with pytest.raises(tf.errors.InvalidArgumentError, match="x.tfrecord: record 3: label 1 is not"):
-        shards.check_label(label, 1, shard[0], tf.constant(3, tf.int64))
+        read.check_label(label, 1, shard[0], tf.constant(3, tf.int64))
 
 
 # --------------------------------------------------------------------------
@@ -142,7 +143,7 @@ def test_a_record_cut_inside_its_data_is_data_loss_that_find_damage_places(recor
     with pytest.raises(tf.errors.DataLossError) as raised:
         list(READERS[reader](damaged, "train"))
     assert path.name not in raised.value.message  # what find_damage is for
-    assert verify.error_text(raised.value) == f"truncated record at {third}: Read less bytes than requested"
+    assert cli.error_text(raised.value) == f"truncated record at {third}: Read less bytes than requested"
     damage = verify.find_damage(str(damaged))
     assert [(p.file, p.index) for p in damage.problems if p.index is not None] == [(path.name, 2)]
     assert "truncated record" in damage.problems[-1].reason
@@ -158,7 +159,7 @@ def test_a_label_outside_the_classes_fails_naming_it(records, tmp_path, reader, 
     shard = shard_file(damaged, "train", 2)
     expected = f"{shard}: record 1: label {label} is not a class index: the manifest has 2 classes"
     assert expected in raised.value.message
-    assert verify.error_text(raised.value) == expected
+    assert cli.error_text(raised.value) == expected
 
 
 # --------------------------------------------------------------------------
@@ -266,7 +267,7 @@ def _names_the_file(read: dict, case: dict) -> bool:
     """A clear error: the damaged manifest's path first, or a shard file and what is wrong
     with it, or (a split renamed in the manifest) the split and the folder."""
     folder, message = re.escape(case["dir"]), read["message"]
-    if read["type"] == "ValueError":
+    if read["type"] == "InputError":  # cli.InputError, a ValueError
         return bool(re.match(rf"({folder}/manifest\.json: |split '\w+' is not in {folder} )", message))
     shard_error = {"InvalidArgumentError": ": the shard holds ", "NotFoundError": "; No such file or directory"}
     what = shard_error.get(read["type"])

@@ -24,6 +24,7 @@ from support import processes
 from support.records import sample_records
 from pipeline.reader import augment
 from pipeline.reader import dataset
+from pipeline.reader import epochs
 from model import run_config
 from model import run_dir
 from model import training
@@ -76,28 +77,31 @@ def _same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
 def test_each_pass_is_the_epoch_its_position_names_from_the_batch_it_names(records, cache):
     config = dataset.InputConfig(image_size=(16, 16), batch_size=6, seed=5, cache=cache,
                                  augmentation=augment.NOTEBOOK_AUGMENTATION, shuffle_buffer=8)
-    position = dataset.EpochPosition()
-    ds = dataset.train_dataset(str(records), config, position=position)
+    position = epochs.EpochPosition()
+    passes = dataset.train_passes(str(records), config, position=position)
+    assert passes.rest_of_epoch is None and passes.steps_per_epoch == 7 and not passes.endless
 
-    def epoch(number: int, skip: int = 0) -> list[np.ndarray]:
-        position.move_to(number, skip)
-        return _images(ds)
+    def epoch(number: int) -> list[np.ndarray]:
+        position.move_to(number)
+        return _images(passes.epochs)
 
     first, second = epoch(0), epoch(1)
-    assert len(first) == len(second) == 7
+    assert len(first) == len(second) == int(passes.epochs.cardinality()) == 7  # the reader states the length
     assert not np.array_equal(first[0], second[0])  # another order and other draws
     assert _same(epoch(0), first)  # the same epoch again: the same batches
-    assert _same(epoch(1, 3), second[3:])  # from a batch: the rest of the same epoch
-    # A new dataset, as a resumed run builds it, in the same place.
-    assert _same(_images(dataset.train_dataset(str(records), config, position=dataset.EpochPosition(1, 5))),
-                 second[5:])
+    # Built where a resumed run starts: the rest of that epoch, stated 2 batches long, then whole epochs.
+    position = epochs.EpochPosition(1, 5)
+    resumed = dataset.train_passes(str(records), config, position=position)
+    assert int(resumed.rest_of_epoch.cardinality()) == 2 and int(resumed.epochs.cardinality()) == 7
+    assert _same(_images(resumed.rest_of_epoch), second[5:])
+    position.move_to(1)
+    assert _same(_images(resumed.epochs), second)
     # --steps_per_epoch beyond the epoch: its batches, then again from the first.
-    long = dataset.train_dataset(str(records), config, position=position, steps_per_epoch=9)
-    position.move_to(1, 0)
-    repeated = _images(long)
-    assert _same(repeated, second + second[:2])
-    position.move_to(1, 8)
-    assert _same(_images(long), repeated[8:])
+    long = dataset.train_passes(str(records), config, position=epochs.EpochPosition(1), steps_per_epoch=9)
+    repeated = _images(long.epochs)
+    assert _same(repeated, second + second[:2]) and long.steps_per_epoch == 9
+    assert _same(_images(dataset.train_dataset(str(records), config, position=epochs.EpochPosition(1, 8),
+                                               steps_per_epoch=9)), repeated[8:])
 
 
 # --------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import pytest
 from support.images import PALETTE, image_array, make_image_tree, save_image
 from support.records import copy_tree_to
 from pipeline import schema
+from pipeline.converter import config
 from pipeline.converter import rules
 from pipeline.converter import sources
 from pipeline.converter import walk
@@ -23,12 +24,17 @@ def flat_tree(tmp_path_factory):
     return make_image_tree(root, "flat", {"cats": 10, "dogs": 7, "birds": 4}, (8, 8))
 
 
+def _scan(src, **fields) -> sources.FolderScan:
+    """scan_image_folder of a ConversionConfig with these fields."""
+    return sources.scan_image_folder(config.ConversionConfig(src, **fields))
+
+
 def _relpaths(images):
     return sorted(im.relpath for im in images)
 
 
 def test_split_layout_lists_every_file_with_sorted_labels(split_tree):
-    scan = sources.scan_image_folder(str(split_tree.root))
+    scan = _scan(str(split_tree.root))
     assert scan.class_names == ("cats", "dogs")
     assert set(scan.splits) == {"train", "validation", "test"}
     assert scan.num_files == len(split_tree.images)
@@ -42,14 +48,14 @@ def test_split_layout_lists_every_file_with_sorted_labels(split_tree):
 
 
 def test_classes_argument_sets_the_label_order(split_tree):
-    scan = sources.scan_image_folder(str(split_tree.root), classes=["dogs", "cats"])
+    scan = _scan(str(split_tree.root), classes=["dogs", "cats"])
     assert scan.class_names == ("dogs", "cats")
     labels = {(im.class_name, im.label) for files in scan.splits.values() for im in files}
     assert labels == {("dogs", 0), ("cats", 1)}
 
 
 def test_classes_subset_lists_only_those_classes(split_tree):
-    scan = sources.scan_image_folder(str(split_tree.root), classes=["dogs"])
+    scan = _scan(str(split_tree.root), classes=["dogs"])
     assert scan.class_names == ("dogs",)
     for files in scan.splits.values():
         assert {im.class_name for im in files} == {"dogs"}
@@ -58,16 +64,16 @@ def test_classes_subset_lists_only_those_classes(split_tree):
 
 def test_class_without_folder_is_an_error(split_tree):
     with pytest.raises(sources.SourceError, match="horses"):
-        sources.scan_image_folder(str(split_tree.root), classes=["cats", "horses"])
+        _scan(str(split_tree.root), classes=["cats", "horses"])
 
 
 def test_repeated_class_is_an_error(split_tree):
     with pytest.raises(sources.SourceError, match="repeats"):
-        sources.scan_image_folder(str(split_tree.root), classes=["cats", "cats"])
+        _scan(str(split_tree.root), classes=["cats", "cats"])
 
 
 def test_flat_layout_goes_to_train(flat_tree):
-    scan = sources.scan_image_folder(str(flat_tree.root))
+    scan = _scan(str(flat_tree.root))
     assert scan.class_names == ("birds", "cats", "dogs")
     assert list(scan.splits) == ["train"]
     assert _relpaths(scan.splits["train"]) == sorted(im.relpath for im in flat_tree.images)
@@ -75,9 +81,9 @@ def test_flat_layout_goes_to_train(flat_tree):
 
 def test_flat_layout_hold_out_is_per_class_and_deterministic(flat_tree):
     fraction = 0.3
-    first = sources.scan_image_folder(str(flat_tree.root), validation_fraction=fraction, seed=7)
-    again = sources.scan_image_folder(str(flat_tree.root), validation_fraction=fraction, seed=7)
-    other = sources.scan_image_folder(str(flat_tree.root), validation_fraction=fraction, seed=8)
+    first = _scan(str(flat_tree.root), validation_fraction=fraction, seed=7)
+    again = _scan(str(flat_tree.root), validation_fraction=fraction, seed=7)
+    other = _scan(str(flat_tree.root), validation_fraction=fraction, seed=8)
 
     assert set(first.splits) == {"train", "validation"}
     train, held = first.splits["train"], first.splits["validation"]
@@ -98,13 +104,13 @@ def test_flat_layout_hold_out_is_per_class_and_deterministic(flat_tree):
 
 def test_hold_out_takes_at_least_one_and_leaves_at_least_one(tmp_path):
     tree = make_image_tree(tmp_path / "src", "flat", {"a": 2, "b": 1, "c": 5}, (8, 8))
-    scan = sources.scan_image_folder(str(tree.root), validation_fraction=0.01)
+    scan = _scan(str(tree.root), validation_fraction=0.01)
     held = Counter(im.class_name for im in scan.splits["validation"])
     kept = Counter(im.class_name for im in scan.splits["train"])
     # a: 2 files -> 1 held out; b: a single file stays in train; c: 1 of 5.
     assert held == {"a": 1, "c": 1}
     assert kept == {"a": 1, "b": 1, "c": 4}
-    scan = sources.scan_image_folder(str(tree.root), validation_fraction=0.99)
+    scan = _scan(str(tree.root), validation_fraction=0.99)
     kept = Counter(im.class_name for im in scan.splits["train"])
     assert kept["a"] == 1 and kept["c"] == 1
 
@@ -117,7 +123,7 @@ def test_hold_out_never_yields_an_empty_split(tmp_path, fraction):
     empty split otherwise), so an empty split after the hold-out must go too.
     """
     tree = make_image_tree(tmp_path / "src", "flat", {"cats": 1, "dogs": 1}, (8, 8))
-    scan = sources.scan_image_folder(str(tree.root), validation_fraction=fraction)
+    scan = _scan(str(tree.root), validation_fraction=fraction)
     assert {name: len(files) for name, files in scan.splits.items() if not files} == {}
     assert scan.num_files == 2
 
@@ -126,7 +132,7 @@ def test_validation_fraction_with_split_folders_is_refused(split_tree):
     splits = ", ".join(f"{name}/" for name in sources.SPLIT_NAMES if (split_tree.root / name).is_dir())
     message = f"holds out part of a tree without split folders, but {split_tree.root} has {splits}: leave the flag out"
     with pytest.raises(sources.SourceError, match=re.escape(message)):
-        sources.scan_image_folder(str(split_tree.root), validation_fraction=0.5)
+        _scan(str(split_tree.root), validation_fraction=0.5)
 
 
 def test_hidden_entries_are_skipped_with_their_reason_and_subfolders_are_walked(tmp_path):
@@ -142,7 +148,7 @@ def test_hidden_entries_are_skipped_with_their_reason_and_subfolders_are_walked(
     (tree.root / "dogs" / ".hidden").mkdir()
     (tree.root / "dogs" / ".hidden" / "dog.y.jpg").write_bytes(b"junk")
 
-    scan = sources.scan_image_folder(str(tree.root))
+    scan = _scan(str(tree.root))
     assert scan.class_names == ("cats", "dogs")
     assert _relpaths(scan.splits["train"]) == sorted(
         [im.relpath for im in tree.images] + [os.path.join("dogs", "more", "dog.x.jpg")]
@@ -163,18 +169,18 @@ def test_classes_naming_a_hidden_folder_says_why_it_is_not_taken(tmp_path):
     os.rename(tmp_path / "more" / ".hidden", tree.root / "train" / ".hidden")
     (tree.root / ".git").mkdir()  # beside the split folders: neither a split nor a class, not listed
 
-    scan = sources.scan_image_folder(str(tree.root))
+    scan = _scan(str(tree.root))
     assert scan.class_names == ("cats", "dogs")
     assert _reasons(scan, tree.root) == {"train/.hidden": f"{walk.HIDDEN}: not a class folder"}
     message = ("--classes names .hidden, a hidden folder (its name starts with '.'): hidden folders are "
                "never classes (macOS and tools keep their own files in them); rename it")
     with pytest.raises(sources.SourceError) as raised:
-        sources.scan_image_folder(str(tree.root), classes=["cats", "dogs", ".hidden"])
+        _scan(str(tree.root), classes=["cats", "dogs", ".hidden"])
     assert str(raised.value) == message
     only_hidden = tmp_path / "only_hidden"
     (only_hidden / ".thumbnails").mkdir(parents=True)
     with pytest.raises(sources.SourceError, match=r"has no class folders \(hidden ones are not classes: .thumbnails\)"):
-        sources.scan_image_folder(str(only_hidden))
+        _scan(str(only_hidden))
 
 
 def test_the_hold_out_deals_out_only_files_that_will_be_stored(tmp_path):
@@ -189,18 +195,18 @@ def test_the_hold_out_deals_out_only_files_that_will_be_stored(tmp_path):
     expected = {"cats/empty.jpg": walk.EMPTY, "cats/Thumbs.db": "not an image", "cats/notes.jpg": "not an image",
                 "dogs/big.jpg": "16x16 pixels, over --max_pixels=100"}
     for seed in range(8):
-        scan = sources.scan_image_folder(str(tree.root), validation_fraction=0.5, seed=seed, max_pixels=100)
+        scan = _scan(str(tree.root), validation_fraction=0.5, seed=seed, max_pixels=100)
         assert _relpaths(scan.splits["train"])[:1] == ["cats/cats.000.jpg"], seed
         assert Counter(im.class_name for im in scan.splits["validation"]) == {"dogs": 2}, seed
         assert _reasons(scan, tree.root) == expected
     # The empty file is the walk's (its size says it); the rest needs a header, read for a hold-out only.
-    assert _reasons(sources.scan_image_folder(str(tree.root)), tree.root) == {"cats/empty.jpg": walk.EMPTY}
+    assert _reasons(_scan(str(tree.root)), tree.root) == {"cats/empty.jpg": walk.EMPTY}
 
 
 def test_class_missing_from_one_split_keeps_global_labels(tmp_path):
     counts = {"train": {"cats": 1, "dogs": 1}, "test": {"dogs": 2}}
     tree = make_image_tree(tmp_path / "src", "split", counts, (8, 8))
-    scan = sources.scan_image_folder(str(tree.root))
+    scan = _scan(str(tree.root))
     assert scan.class_names == ("cats", "dogs")
     assert {im.label for im in scan.splits["test"]} == {1}
 
@@ -230,14 +236,14 @@ def test_unusable_sources_raise(tmp_path, setup, match):
     elif setup == "empty_split_folders":
         (src / "train").mkdir(parents=True)
         (src / "validation").mkdir()
-    with pytest.raises(sources.SourceError, match=match):
-        sources.scan_image_folder(None if src is None else str(src))
+    with pytest.raises(config.ConversionError if src is None else sources.SourceError, match=match):
+        _scan(None if src is None else str(src))
 
 
 @pytest.mark.parametrize("fraction", [-0.1, 1.0, 1.5])
 def test_validation_fraction_out_of_range(split_tree, fraction):
-    with pytest.raises(sources.SourceError, match="validation_fraction"):
-        sources.scan_image_folder(str(split_tree.root), validation_fraction=fraction)
+    with pytest.raises(config.ConversionError, match="validation_fraction"):  # the config's bound
+        _scan(str(split_tree.root), validation_fraction=fraction)
 
 
 # --------------------------------------------------------------------------
@@ -254,7 +260,7 @@ def test_a_symlink_loop_lists_each_file_once(tmp_path):
     tree = make_image_tree(tmp_path / "src", "flat", {"cats": 3, "dogs": 1}, (8, 8))
     os.symlink(".", tree.root / "cats" / "again")  # 3 images became 123 records
     os.symlink("..", tree.root / "dogs" / "up")
-    scan = sources.scan_image_folder(str(tree.root))
+    scan = _scan(str(tree.root))
     assert _relpaths(scan.splits["train"]) == sorted(im.relpath for im in tree.images)
     assert _reasons(scan, tree.root) == {"cats/again": "symlink loop", "dogs/up": "symlink loop"}
     assert {s.split for s in scan.skipped} == {"train"}
@@ -267,7 +273,7 @@ def test_each_real_file_counts_once_and_keeps_its_own_class(tmp_path):
     os.symlink("../dogs/dogs.000.jpg", cats / "a_dog.jpg")  # another class's file
     os.link(dogs / "dogs.001.jpg", dogs / "hard.jpg")
     os.symlink("../dogs", cats / "b_dogs")  # another class's folder
-    scan = sources.scan_image_folder(str(tree.root))
+    scan = _scan(str(tree.root))
     assert _relpaths(scan.splits["train"]) == sorted(im.relpath for im in tree.images)
     assert {im.relpath: im.class_name for im in scan.splits["train"]}["dogs/dogs.000.jpg"] == "dogs"
     same = lambda name: f"same file as {tree.root / name}"  # noqa: E731
@@ -287,7 +293,7 @@ def test_a_link_never_takes_a_folder_from_its_own_place(tmp_path):
     (tree.root / "cats" / "a").mkdir()
     os.symlink("../z", tree.root / "cats" / "a" / "link")
     os.symlink("cats", tree.root / "a_cats")  # a class folder, sorted before its target
-    scan = sources.scan_image_folder(str(tree.root))
+    scan = _scan(str(tree.root))
     assert scan.class_names == ("a_cats", "cats", "dogs")
     assert _relpaths(scan.splits["train"]) == sorted(
         [im.relpath for im in tree.images] + ["cats/z/deep.jpg"]
@@ -302,7 +308,7 @@ def test_a_file_linked_into_two_splits_counts_once(tmp_path):
     counts = {"train": {"cats": 1, "dogs": 1}, "validation": {"cats": 1, "dogs": 1}}
     tree = make_image_tree(tmp_path / "src", "split", counts, (8, 8))
     os.symlink("../../train/cats/cats.000.jpg", tree.root / "validation" / "cats" / "leak.jpg")
-    scan = sources.scan_image_folder(str(tree.root))
+    scan = _scan(str(tree.root))
     assert scan.num_files == 4
     assert [(s.split, s.reason.split(" as ")[0]) for s in scan.skipped] == [("validation", "same file")]
 
@@ -313,7 +319,7 @@ def test_symlinked_folders_inside_src_are_followed(tmp_path):
     shared.mkdir()
     (shared / "extra.jpg").write_bytes(tree.images[0].path.read_bytes())
     os.symlink("../.shared", tree.root / "cats" / "more")
-    scan = sources.scan_image_folder(str(tree.root))
+    scan = _scan(str(tree.root))
     assert "cats/more/extra.jpg" in _relpaths(scan.splits["train"])
     assert _reasons(scan, tree.root) == {".shared": f"{walk.HIDDEN}: not a class folder"}
 
@@ -326,7 +332,7 @@ def test_broken_links_special_files_and_large_files_are_skipped_with_reasons(tmp
     os.mkfifo(cats / "pipe.jpg")  # listing it must not open it: that would block
     with open(cats / "huge.jpg", "wb") as f:
         f.truncate(300 * 2**20)  # sparse: over the 256 MiB default, no disk used
-    scan = sources.scan_image_folder(str(tree.root))
+    scan = _scan(str(tree.root))
     assert _relpaths(scan.splits["train"]) == sorted(im.relpath for im in tree.images)
     assert _reasons(scan, tree.root) == {
         "cats/dangling.jpg": "broken symlink",
@@ -335,7 +341,7 @@ def test_broken_links_special_files_and_large_files_are_skipped_with_reasons(tmp
         "cats/huge.jpg": "larger than --max_file_mb=256 (300 MiB)",
     }
     # The limit is a parameter; the sizes are MiB.
-    small = sources.scan_image_folder(str(tree.root), max_file_mb=400)
+    small = _scan(str(tree.root), max_file_mb=400)
     assert "cats/huge.jpg" in _relpaths(small.splits["train"])
 
 
@@ -346,13 +352,13 @@ def test_links_out_of_src_are_skipped_unless_followed(tmp_path):
     os.symlink(outside.images[0].path, cats / "bird.jpg")
     os.symlink(outside.root / "birds", cats / "birds")
     os.symlink("/dev/zero", cats / "zero.jpg")
-    scan = sources.scan_image_folder(str(tree.root))
+    scan = _scan(str(tree.root))
     assert _relpaths(scan.splits["train"]) == sorted(im.relpath for im in tree.images)
     assert _reasons(scan, tree.root) == dict.fromkeys(
         ["cats/bird.jpg", "cats/birds", "cats/zero.jpg"], "symlink leads outside --src"
     )
 
-    followed = sources.scan_image_folder(str(tree.root), follow_external_links=True)
+    followed = _scan(str(tree.root), follow_external_links=True)
     assert _relpaths(followed.splits["train"]) == sorted(
         [im.relpath for im in tree.images] + ["cats/bird.jpg", "cats/birds/birds.001.jpg"]
     )
@@ -367,11 +373,11 @@ def test_a_class_folder_linked_from_outside_is_skipped_unless_followed(tmp_path)
     outside = make_image_tree(tmp_path / "elsewhere", "flat", {"birds": 2}, (8, 8))
     tree = make_image_tree(tmp_path / "src", "flat", {"cats": 1}, (8, 8))
     os.symlink(outside.root / "birds", tree.root / "birds")
-    scan = sources.scan_image_folder(str(tree.root))
+    scan = _scan(str(tree.root))
     assert scan.class_names == ("birds", "cats")
     assert _relpaths(scan.splits["train"]) == ["cats/cats.000.jpg"]
     assert _reasons(scan, tree.root) == {"birds": "symlink leads outside --src"}
-    followed = sources.scan_image_folder(str(tree.root), follow_external_links=True)
+    followed = _scan(str(tree.root), follow_external_links=True)
     assert followed.num_files == 3 and not followed.skipped
 
 
@@ -413,8 +419,8 @@ def test_a_tree_at_a_url_lists_as_it_does_on_disk(tmp_path, layout):
     (tree.root / ".cache").mkdir()
     remote = _to_ram(tree.root)
     kwargs = {"validation_fraction": 0.3, "seed": 4} if layout == "flat" else {}
-    on_disk = sources.scan_image_folder(str(tree.root), **kwargs)
-    at_url = sources.scan_image_folder(remote + "/", **kwargs)
+    on_disk = _scan(str(tree.root), **kwargs)
+    at_url = _scan(remote + "/", **kwargs)
     assert _listing(at_url, remote) == _listing(on_disk, tree.root)
     assert "cats/more/nested.jpg" in _relpaths(im for images in at_url.splits.values() for im in images)
     reasons = {os.path.basename(s.path): s.reason for s in at_url.skipped}
@@ -431,15 +437,15 @@ def test_the_size_limit_and_unusable_urls(tmp_path):
     remote = _to_ram(tree.root)
     with tf.io.gfile.GFile(f"{remote}/dogs/big.jpg", "wb") as f:
         f.write(b"\0" * (2 * 2**20 + 1))
-    scan = sources.scan_image_folder(remote, max_file_mb=2)
+    scan = _scan(remote, max_file_mb=2)
     assert _relpaths(scan.splits["train"]) == sorted(im.relpath for im in tree.images)
     assert [(s.path, s.reason) for s in scan.skipped] == [
         (f"{remote}/dogs/big.jpg", "larger than --max_file_mb=2 (2 MiB)")
     ]
     with pytest.raises(sources.SourceError, match="is not a folder"):
-        sources.scan_image_folder(remote + "/nothing")
+        _scan(remote + "/nothing")
     with pytest.raises(sources.SourceError, match="no class folders"):
-        sources.scan_image_folder(f"{remote}/cats")
+        _scan(f"{remote}/cats")
 
 
 # --------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from model import hardware
 from model import inference
 from model import run_config
 from model import run_dir
+from model import run_plan
 from model import training
 from model.commands import TRAIN
 
@@ -111,10 +112,14 @@ def test_the_export_serves_a_photo_as_predict_does(stored, tmp_path):
 def test_the_setup_names_an_image_size_other_than_the_records():
     config = run_config.TrainConfig(records="r", image_size=150)
     cpu, strategy = hardware.Hardware(gpus=(), cpu_cores=2), tf.distribute.get_strategy()
-    setup = training.describe_setup(config, cpu, strategy, "on", (120, 160))
-    assert setup["images"] == "records stored at 120x160, resized to 150x150 for the model"
+
+    def setup(stored_size):
+        manifest = schema.Manifest("pets", ("cats", "dogs"), {}, stored_size, "src")
+        return training.describe_setup(run_plan.plan_run(config, manifest, found=cpu), strategy)
+
+    assert setup((120, 160))["images"] == "records stored at 120x160, resized to 150x150 for the model"
     for same in (None, (150, 150)):
-        assert "images" not in training.describe_setup(config, cpu, strategy, "on", same)
+        assert "images" not in setup(same)
 
 
 def test_an_old_run_json_gains_the_stored_size_and_a_changed_one_is_refused(tmp_path):

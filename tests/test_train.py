@@ -9,6 +9,7 @@ import dataclasses
 import json
 import re
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import keras
@@ -19,9 +20,11 @@ import tensorflow as tf
 from support import cli
 from support import processes
 from support.records import sample_records
+from pipeline import schema
 from pipeline.converter import sample_data, conversion
 from pipeline.reader import augment  # noqa: F401  registers DeviceAugmentation for load_model
-from model import callbacks, hardware, run_config, training
+from pipeline.reader import guard
+from model import callbacks, hardware, run_config, run_plan, training
 from model.commands import TRAIN
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,16 +53,60 @@ def our_stderr_lines(stderr: str) -> list[str]:
     return [line for line in processes.our_lines(stderr) if not _LOG_LINE.match(line)]
 
 
+class ManifestReads:
+    """Counts the parses of manifest.json (`schema.read_manifest`) while it is installed: `building`, and
+    apart, `checks`: those of `guard.HeldRecords.check`, which reads the manifest again on purpose
+    (at each epoch's start and end, before each backup, after the test evaluation) to see the
+    records replaced under the run."""
+
+    def __init__(self, patch: pytest.MonkeyPatch):
+        self.building, self.checks, self._checking = 0, 0, False
+        read, check = schema.read_manifest, guard.HeldRecords.check
+
+        def counted_read(records_dir: str) -> schema.Manifest:
+            self.checks += self._checking
+            self.building += not self._checking
+            return read(records_dir)
+
+        def counted_check(held: guard.HeldRecords, remedy: str) -> None:
+            self._checking = True
+            try:
+                check(held, remedy)
+            finally:
+                self._checking = False
+
+        patch.setattr(schema, "read_manifest", counted_read)
+        patch.setattr(guard.HeldRecords, "check", counted_check)
+
+
+def count_calls(patch: pytest.MonkeyPatch, owner, name: str, calls: Counter) -> None:
+    """Counts the calls of `owner.name` in `calls[name]` while `patch` holds."""
+    real = getattr(owner, name)
+
+    def counted(*args, **kwargs):
+        calls[name] += 1
+        return real(*args, **kwargs)
+
+    patch.setattr(owner, name, counted)
+
+
 @pytest.fixture(scope="module")
 def first_run(records, tmp_path_factory) -> dict:
-    """One epoch of train.py: its model_dir (no test changes
-    it), arguments, CompletedProcess, and the bytes of its results.json and history.json."""
+    """One epoch of train.py: its model_dir (no test changes it), arguments, CompletedProcess, the bytes
+    of its results.json and history.json, its manifest reads (ManifestReads) and the calls of what
+    works the run out (hardware.detect, run_config.resolve_augment_on)."""
     model_dir = tmp_path_factory.mktemp("first_run") / "run"
     args = [f"--records={records}", f"--model_dir={model_dir}", *COMMON]
-    result = cli.run(TRAIN, *args, "--epochs=1", "--save_h5")
+    calls = Counter()
+    with pytest.MonkeyPatch.context() as patch:
+        reads = ManifestReads(patch)
+        count_calls(patch, hardware, "detect", calls)
+        count_calls(patch, run_config, "resolve_augment_on", calls)
+        result = cli.run(TRAIN, *args, "--epochs=1", "--save_h5")
     assert result.returncode == 0, result.stderr[-3000:]
     files = {name: (model_dir / name).read_bytes() for name in ("results.json", "history.json")}
-    return {"model_dir": model_dir, "args": args, "result": result, **files}
+    return {"model_dir": model_dir, "args": args, "result": result, "manifest_reads": reads, "calls": calls,
+            **files}
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +153,17 @@ def test_train_writes_everything(first_run):
     assert "--mixed_precision on a machine without a GPU" not in first.stderr
     assert "Test: accuracy" in first.stdout
     assert f"Saved the model with its export and pictures to {model_dir}" in first.stdout
+
+
+def test_a_run_is_worked_out_once_from_one_read_of_the_manifest(first_run):
+    """The whole run (pictures, validation, the test split's evaluation, the export) is built from one
+    parse of manifest.json, made as train.py takes hold of the records (`guard.reading`). Not counted:
+    the guard's checks, which re-read it on purpose to see the records replaced under the run. The
+    hardware is looked for and `augment_on` resolved once too (`run_plan.plan_run`)."""
+    reads = first_run["manifest_reads"]
+    assert reads.building == 1
+    assert reads.checks >= 3  # the epoch's start and end, after the test evaluation: the count saw them apart
+    assert first_run["calls"] == {"detect": 1, "resolve_augment_on": 1}
 
 
 def test_a_finished_run_continues_to_more_epochs(records, first_run, tmp_path):
@@ -179,6 +237,18 @@ def test_missing_records_are_one_line_errors(cli_runs):
     assert unset.stderr.strip().splitlines()[-1].startswith("train.py: error: --records")
 
 
+def test_a_value_error_inside_keras_keeps_its_traceback(records, tmp_path, monkeypatch):
+    """A bug (here a ValueError from inside Keras' fit) is no user's mistake: its traceback, exit 1."""
+    def fit(self, *args, **kwargs):
+        raise ValueError("a bug inside Keras")
+
+    monkeypatch.setattr(keras.Model, "fit", fit)
+    done = cli.run(TRAIN, f"--records={records}", f"--model_dir={tmp_path / 'run'}", *COMMON)
+    assert done.returncode == 1
+    assert "Traceback" in done.stderr and done.stderr.strip().splitlines()[-1] == "ValueError: a bug inside Keras"
+    assert "train.py: error:" not in done.stderr
+
+
 @pytest.mark.parametrize("flag", BAD_FLAGS)
 def test_bad_flags_are_one_line_and_exit_1(cli_runs, flag):
     result = cli_runs[flag]
@@ -218,11 +288,14 @@ def test_augmentation_goes_to_the_device_only_with_a_gpu():
 
 def test_jit_compile_reaches_the_model_the_setup_and_the_warnings():
     config = run_config.TrainConfig(records="r", image_size=32, jit_compile=True)
-    assert training.build_model(config, 2).jit_compile is True
-    assert training.build_model(dataclasses.replace(config, jit_compile=False), 2).jit_compile is False
     cpu = hardware.Hardware(gpus=(), cpu_cores=2)
-    setup = training.describe_setup(config, cpu, tf.distribute.get_strategy(), "on")
-    assert setup["xla"] == "on"
+    manifest = schema.Manifest("pets", ("cats", "dogs"), {}, None, "src")
+    plan = run_plan.plan_run(config, manifest, found=cpu)
+    assert training.build_model(plan).jit_compile is True
+    assert training.build_model(dataclasses.replace(plan, config=dataclasses.replace(
+        plan.config, jit_compile=False))).jit_compile is False
+    setup = training.describe_setup(plan, tf.distribute.get_strategy())
+    assert setup["xla"] == "on" and setup["input"] == "tf.data in this process"
     (warning,) = hardware.cpu_only_warnings(cpu, False, True)
     assert warning.startswith("--jit_compile on a machine without a GPU")
 

@@ -23,9 +23,10 @@ import pytest
 from support import cli
 from support import processes
 from support.records import sample_records
+from pipeline import cli as cli_lib
 from pipeline import schema
 from model import run_config
-from model import training
+from model import run_plan
 from model.commands import TRAIN
 from pipeline.converter.commands import CONVERT
 
@@ -129,9 +130,11 @@ def test_kill_after_the_last_epoch_finishes_without_training_again(records, tmp_
 
 
 def test_train_config_refuses_what_the_flags_refuse():
-    for field, bound in run_config.LOWER_BOUNDS.items():
-        with pytest.raises(ValueError, match=f"--{field} must be at least {bound}"):
-            run_config.TrainConfig(records="r", **{field: bound - 1})
+    """The config alone checks the bounds its fields state, from train.py and from Python alike (test_flags)."""
+    for field, rule in cli_lib.settings(run_config.TrainConfig).items():
+        if rule.at_least is not None:
+            with pytest.raises(ValueError, match=f"^flag --{field}={rule.at_least - 1}: "):
+                run_config.TrainConfig(records="r", **{field: rule.at_least - 1})
     with pytest.raises(ValueError, match="learning_rate"):
         run_config.TrainConfig(records="r", learning_rate=0.0)
 
@@ -141,11 +144,11 @@ def test_the_cache_is_used_only_when_it_fits(records):
     config = run_config.TrainConfig(records=str(records), image_size=100)
     images = manifest.splits["train"].num_examples + manifest.splits["validation"].num_examples
     need = images * 100 * 100 * 3
-    fits, reason = training.decide_cache(config, manifest, int(need / training.CACHE_MEMORY_SHARE) + 1)
+    fits, reason = run_plan.decide_cache(config, manifest, int(need / run_plan.CACHE_MEMORY_SHARE) + 1)
     assert fits and reason.startswith(f"on: {images} decoded images")
-    fits, reason = training.decide_cache(config, manifest, available_bytes=need)
+    fits, reason = run_plan.decide_cache(config, manifest, available_bytes=need)
     assert not fits and "streaming from the records" in reason
     no_cache = run_config.TrainConfig(records=str(records), image_size=100, cache=False)
-    assert training.decide_cache(no_cache, manifest, available_bytes=10**15) == (
+    assert run_plan.decide_cache(no_cache, manifest, available_bytes=10**15) == (
         False, "off (--nocache): every epoch decodes the records"
     )

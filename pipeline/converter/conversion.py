@@ -21,158 +21,31 @@ half-written records and existing records go only once the new set is whole.
 Each finished shard gets a sidecar there, so that `--resume` can keep it
 (`resume`). `src` and `out` may be local paths or URLs (`pipeline.fileio`).
 The shards are written by this machine's decoding pool (`local`) or, with
-`runner=Runner.BEAM`, by Apache Beam (`beam`); both through `shards`.
+`runner=Runner.BEAM`, by Apache Beam (`beam`); both as `plan` lays them out,
+through `write`. Each step takes the `ConversionConfig` (`config`) itself.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import enum
 import multiprocessing.pool
-import os
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from pipeline import fileio
 from pipeline import schema
 from pipeline import verify
-from pipeline.converter import decoders
 from pipeline.converter import duplicates as duplicates_lib
-from pipeline.converter import imaging
 from pipeline.converter import local
 from pipeline.converter import out_dir
+from pipeline.converter import plan
 from pipeline.converter import resume as resume_lib
 from pipeline.converter import rules
-from pipeline.converter import sharding
-from pipeline.converter import sources
 from pipeline.converter import tfds_metadata
 from pipeline.converter import walk
-
-ConversionError = rules.ConversionError  # what convert_folder raises, defined with the rules
-
-
-class Runner(str, enum.Enum):
-    """What writes the shards: this machine's decoding pool, or Apache Beam."""
-
-    LOCAL = "local"
-    BEAM = "beam"
-
-
-class Verification(str, enum.Enum):
-    """What the new records are checked for before they replace anything (`pipeline.verify`)."""
-
-    RECORDS = "records"  # checksums, counts, labels, sizes: what can go wrong after the workers' decode
-    FULL = "full"  # and every image decoded again
-
-
-@dataclasses.dataclass(frozen=True)
-class ConversionConfig:
-    """One conversion: a field per convert.py flag, of the same name and default.
-
-    Attributes:
-      src: the image folder (`sources.scan_image_folder` for the layouts): a
-        local path or a URL that tf.io.gfile reads (`gs://...`).
-      out: the records folder to write, local or a URL; not `src` nor inside it.
-      classes: class names in label order; default: sorted folder names.
-      num_shards: shards per split; default: from `shard_mb`, at least
-        sharding.DEFAULT_MIN_SHARDS when the split has that many images.
-      shard_mb: target shard size in MiB when `num_shards` is not given.
-      image_size: (height, width) to store images resized to; None keeps the originals.
-      workers: decoding processes; default: the number of cores.
-      seed: seed of the per-split shuffle (and of the validation hold-out).
-      validation_fraction: see `sources.scan_image_folder`.
-      strict: fail instead of skipping any file.
-      overwrite: replace records (and TFDS metadata files) already in `out`.
-      follow_external_links: use files that symlinks lead to outside `src`.
-      max_file_mb: skip files larger than this many MiB.
-      max_pixels: skip images of more pixels (checked before decoding).
-      resume: keep the checked shards of an interrupted run with the same
-        plan (`resume`); the local runner only.
-      duplicates: report the duplicate images found (`duplicates`), drop the
-        later copies (the local runner only), or not look for them.
-      verify: the check of the new records before the swap: `RECORDS`
-        (each image was decoded by its worker already; the CRCs prove the
-        bytes on disk are those it wrote), or `FULL`, every image decoded again.
-      data_report: draw `data_report.png` into the records (class counts,
-        image sizes, duplicate pairs); about half a second of CPU.
-      runner: this machine's decoding pool, or Apache Beam (`beam`).
-      beam_pipeline_options: Beam options as `key=value` strings.
-      show_progress: draw a progress bar on stderr (not a flag: convert.py
-        draws it when stderr is a terminal).
-
-    Raises (on construction):
-      ConversionError: a value out of range, an unknown runner or duplicate
-        mode, or `resume` or `duplicates=drop` with the Beam runner.
-    """
-
-    src: str
-    out: str = "records"
-    classes: tuple[str, ...] | None = None
-    num_shards: int | None = None
-    shard_mb: float = sharding.DEFAULT_SHARD_BYTES / 2**20
-    image_size: tuple[int, int] | None = None
-    workers: int | None = None
-    seed: int = 0
-    validation_fraction: float = 0.0
-    strict: bool = False
-    overwrite: bool = False
-    follow_external_links: bool = False
-    max_file_mb: int = sources.DEFAULT_MAX_FILE_MB
-    max_pixels: int = imaging.DEFAULT_MAX_PIXELS
-    resume: bool = False
-    duplicates: duplicates_lib.DuplicateMode = duplicates_lib.DuplicateMode.REPORT
-    verify: Verification = Verification.RECORDS
-    data_report: bool = True
-    runner: Runner = Runner.LOCAL
-    beam_pipeline_options: tuple[str, ...] = ()
-    show_progress: bool = False
-
-    # The fields that decide the records' bytes: what --resume compares.
-    OUTPUT_FIELDS = (
-        "src", "classes", "seed", "num_shards", "shard_mb", "image_size", "validation_fraction",
-        "follow_external_links", "max_file_mb", "max_pixels", "duplicates",
-    )
-
-    def __post_init__(self):
-        if not self.src:
-            raise ConversionError("--src is required: the image folder to convert")
-        for name in ("classes", "image_size", "beam_pipeline_options"):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, tuple):
-                object.__setattr__(self, name, tuple(value))  # lists from flags or callers
-        for name, kind in (("runner", Runner), ("duplicates", duplicates_lib.DuplicateMode), ("verify", Verification)):
-            try:
-                object.__setattr__(self, name, kind(getattr(self, name)))
-            except ValueError:
-                raise ConversionError(
-                    f"--{name} must be {' or '.join(k.value for k in kind)}, got {getattr(self, name)!r}"
-                ) from None
-        rules.check_positive(num_shards=self.num_shards, image_size=min(self.image_size) if self.image_size else None,
-                             workers=self.workers, max_file_mb=self.max_file_mb, max_pixels=self.max_pixels)
-        if self.shard_mb <= 0:
-            raise ConversionError(f"--shard_mb must be positive, got {self.shard_mb}")
-        if not 0.0 <= self.validation_fraction < 1.0:
-            raise ConversionError(f"--validation_fraction must be in [0, 1), got {self.validation_fraction}")
-        if self.resume and self.runner is Runner.BEAM:
-            raise ConversionError("--resume is not supported with --runner=beam (only with the local runner)")
-        if self.duplicates is duplicates_lib.DuplicateMode.DROP and self.runner is Runner.BEAM:
-            raise ConversionError("--duplicates=drop is not supported with --runner=beam (only with the local runner): "
-                                  "--duplicates=report lists them")
-
-    @property
-    def shard_bytes(self) -> int:
-        return int(self.shard_mb * 2**20)
-
-    @property
-    def num_workers(self) -> int:
-        return self.workers or os.cpu_count() or 1
-
-    def output_settings(self, class_names: Sequence[str]) -> dict[str, Any]:
-        """flag name -> value of what decides the output, with the classes as found."""
-        settings = {name: getattr(self, name) for name in self.OUTPUT_FIELDS}
-        return dict(settings, src=fileio.absolute(self.src), classes=",".join(class_names))
+# The public surface, as the README's From-Python snippet uses it: defined in `config`.
+from pipeline.converter.config import ConversionConfig, ConversionError, Runner, Verification  # noqa: F401
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,48 +97,17 @@ def _megabytes(num_bytes: int) -> str:
     return f"{num_bytes / 1e6:.1f} MB"
 
 
-@dataclasses.dataclass(frozen=True)
-class _Scan:
-    """The listing and the shard plan: what the writing needs to know."""
-
-    files: sources.FolderScan
-    plans: tuple[sharding.SplitPlan, ...]
-    dataset_name: str
-
-
-def _scan_and_plan(config: ConversionConfig) -> _Scan:
-    """Lists `src` and plans every split's shards."""
-    files = rules.checked_scan(
-        config.src, config.classes, config.validation_fraction, config.seed, config.strict,
-        config.follow_external_links, config.max_file_mb, config.max_pixels,
-    )
-    dataset_name = sharding.dataset_name_for(config.src)
-    plans = tuple(
-        sharding.plan_split(
-            name, images, dataset_name, config.seed, config.num_shards, config.image_size, config.shard_bytes
-        )
-        for name, images in files.splits.items()
-    )
-    return _Scan(files, plans, dataset_name)
-
-
-def _open_scratch(config: ConversionConfig, scan: _Scan) -> tuple[str, dict]:
+def _open_scratch(config: ConversionConfig, planned: plan.ConversionPlan) -> tuple[str, dict]:
     """This run's scratch folder in `out`, and the finished shards `--resume` keeps there."""
     if config.runner is Runner.BEAM:
         out_dir.remove_stale_scratch(config.out)
         return out_dir.make_scratch(config.out), {}
-    plan = resume_lib.make_plan(
-        scan.plans, scan.files.class_names, config.image_size, config.max_pixels, config.duplicates.value,
-        config.output_settings(scan.files.class_names),
-    )
-    return resume_lib.open_scratch(
-        config.out, plan, config.resume, scan.plans, scan.files.class_names, scan.dataset_name
-    )
+    return resume_lib.open_scratch(config, planned)
 
 
 def _write_shards(
     config: ConversionConfig,
-    scan: _Scan,
+    planned: plan.ConversionPlan,
     scratch: str,
     kept: dict,
     pool: multiprocessing.pool.Pool | None,
@@ -275,39 +117,41 @@ def _write_shards(
     if config.runner is Runner.BEAM:
         from pipeline.converter import beam  # heavy, optional: only when asked for
 
-        written, skipped = beam.write_splits(
-            scan.plans, scan.files, scratch, stored_size=config.image_size, max_pixels=config.max_pixels,
-            workers=config.num_workers, options=config.beam_pipeline_options, index=index,
-        )
+        written, skipped = beam.write_splits(config, planned, scratch, index)
         if config.strict:
             rules.check_strict(skipped)
         return written, skipped
-    encoding = local.Encoding(config.image_size, config.max_pixels, fingerprint=index is not None)
-    return local.write_splits(
-        scan.plans, scan.files, scratch, pool, config.num_workers, encoding, config.strict, config.show_progress,
-        kept, index,
-    )
+    return local.write_splits(config, planned, scratch, kept, pool, index)
 
 
-def _finish(
+def _manifest(
     config: ConversionConfig,
-    scan: _Scan,
+    planned: plan.ConversionPlan,
     scratch: str,
     written: dict[str, schema.SplitInfo],
     skipped: Sequence[schema.SkippedFile],
     index: duplicates_lib.DuplicateIndex | None,
-    pool: multiprocessing.pool.Pool | None,
-) -> tuple[schema.Manifest, verify.VerifyReport]:
-    """Writes the manifest, TFDS metadata and data report, verifies the new set, and swaps it into `out`."""
-    manifest = schema.Manifest(
-        dataset_name=scan.dataset_name,
-        class_names=scan.files.class_names,
-        splits=rules.checked_splits(written, scan.files.class_names, config.src, scratch, skipped),
+) -> schema.Manifest:
+    """The new set's manifest, once its splits pass `rules.checked_splits` (empty ones leave `scratch`)."""
+    return schema.Manifest(
+        dataset_name=planned.dataset_name,
+        class_names=planned.class_names,
+        splits=rules.checked_splits(written, planned.class_names, config.src, scratch, skipped),
         stored_size=config.image_size,
         source=fileio.absolute(config.src),
         skipped=tuple(skipped),
         duplicates=tuple(index.pairs) if index else (),
     )
+
+
+def _finish(
+    config: ConversionConfig,
+    scratch: str,
+    manifest: schema.Manifest,
+    index: duplicates_lib.DuplicateIndex | None,
+    pool: multiprocessing.pool.Pool | None,
+) -> verify.VerifyReport:
+    """Writes the manifest, TFDS metadata and data report, verifies the new set, and swaps it into `out`."""
     tfds_metadata.write(scratch, manifest)
     drawing = None
     if config.data_report:
@@ -324,7 +168,7 @@ def _finish(
     if not report.ok:
         raise ConversionError(f"the new records fail verification, nothing was replaced: {report.summary()}")
     out_dir.move_into_place(scratch, config.out)
-    return manifest, report
+    return report
 
 
 def _draw_data_report(folder: str, manifest: schema.Manifest, sizes) -> None:
@@ -349,11 +193,11 @@ def convert_folder(config: ConversionConfig) -> ConversionSummary:
         for --resume (its message says where), the Beam runner's removed.
     """
     started = time.perf_counter()
-    pool, scratch, created_out, scan = None, None, False, None
+    pool, scratch, created_out, planned = None, None, False, None
     # Forked first, before this process touches any filesystem through
-    # TensorFlow (a URL --src or --out): see `decoders.fork_pool`.
+    # TensorFlow (a URL --src or --out): see `local`.
     if config.runner is Runner.LOCAL and config.num_workers > 1:
-        pool = decoders.fork_pool(config.num_workers)
+        pool = local.fork_pool(config.num_workers)
     lock = contextlib.ExitStack()
     try:
         finished_swap = False
@@ -365,13 +209,14 @@ def convert_folder(config: ConversionConfig) -> ConversionSummary:
         created_out = not fileio.isdir(config.out)
         fileio.makedirs(config.out)
         lock.enter_context(fileio.held(config.out, _OUT_HELD))
-        scan = _scan_and_plan(config)
-        scratch, kept = _open_scratch(config, scan)
+        planned = plan.plan_conversion(rules.checked_scan(config), config)
+        scratch, kept = _open_scratch(config, planned)
         index = None
-        if config.duplicates is not duplicates_lib.DuplicateMode.OFF:
+        if config.fingerprints:
             index = duplicates_lib.DuplicateIndex(drop=config.duplicates is duplicates_lib.DuplicateMode.DROP)
-        written, skipped = _write_shards(config, scan, scratch, kept, pool, index)
-        manifest, report = _finish(config, scan, scratch, written, skipped, index, pool)
+        written, skipped = _write_shards(config, planned, scratch, kept, pool, index)
+        manifest = _manifest(config, planned, scratch, written, skipped, index)
+        report = _finish(config, scratch, manifest, index, pool)
     except KeyboardInterrupt:
         if scratch is None or config.runner is Runner.BEAM or out_dir.swap_begun(scratch):
             raise  # (a swap begun ends before the Ctrl-C is let through)
@@ -381,7 +226,7 @@ def convert_folder(config: ConversionConfig) -> ConversionSummary:
     except Exception as e:
         if not fileio.is_disk_full(e):
             raise
-        needed = scan and sum(image.size or 0 for images in scan.files.splits.values() for image in images)
+        needed = planned and sum(image.size or 0 for images in planned.files.splits.values() for image in images)
         raise ConversionError(
             f"{fileio.disk_full_message(config.out, needed)} (the source images' size; "
             "the old records are untouched and the new ones removed): free some space and run again"

@@ -43,6 +43,8 @@ def _short(path: str) -> str:
 
 def _pair(pair: schema.DuplicatePair) -> plots.ImagePair:
     how = "identical" if pair.identical else f"distance {pair.distance}"
+    if not pair.identical and pair.score is not None:  # None: a manifest from before the score
+        how += f", similarity {pair.score:.2f}"
     caption = f"{_short(pair.path)}\n= {_short(pair.original_path)}\n({how})"
     return plots.ImagePair(_thumbnail(pair.path), _thumbnail(pair.original_path), caption)
 

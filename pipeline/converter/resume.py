@@ -27,7 +27,7 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import PIL
@@ -35,9 +35,10 @@ import PIL
 from pipeline import fileio
 from pipeline import schema
 from pipeline import verify
+from pipeline.converter import config as config_lib
 from pipeline.converter import out_dir
-from pipeline.converter import sharding
-from pipeline.converter import shards
+from pipeline.converter import plan as plan_lib
+from pipeline.converter import write
 
 BOOKKEEPING = ".resume"  # hidden: the swap moves only the records
 PLAN_FILENAME = "plan.json"
@@ -51,38 +52,27 @@ class Plan:
     settings: dict[str, Any]
 
 
-def make_plan(
-    plans: Sequence[sharding.SplitPlan],
-    class_names: Sequence[str],
-    stored_size: tuple[int, int] | None,
-    max_pixels: int,
-    duplicates: str,
-    settings: dict[str, Any],
-) -> Plan:
+def make_plan(config: config_lib.ConversionConfig, planned: plan_lib.ConversionPlan) -> Plan:
     """The fingerprint of everything that decides the shards' bytes.
 
-    Args:
-      plans: the splits' shard plans (image order, shard names, dataset name).
-      class_names: the label order.
-      stored_size, max_pixels: as convert_folder takes them.
-      duplicates: the `--duplicates` mode (drop decides which records are
-        written; report and off, what the sidecars hold).
-      settings: flag name -> value, kept to name what differs.
+    That is: the converter's version, `config`'s stored size, pixel limit and
+    `--duplicates` mode (drop decides which records are written; report and
+    off, what the sidecars hold), the label order, and every planned shard
+    with its source files. `config.output_settings` are kept to name what differs.
     """
     digest = hashlib.sha256()
     head = {
         "converter": f"schema {schema.SCHEMA_VERSION}, Pillow {PIL.__version__}",
-        "stored_size": stored_size,
-        "max_pixels": max_pixels,
-        "duplicates": duplicates,
-        "class_names": list(class_names),
+        "stored_size": config.image_size,
+        "max_pixels": config.max_pixels,
+        "duplicates": config.duplicates.value,
+        "class_names": list(planned.class_names),
     }
     digest.update(json.dumps(fileio.normalize_json(head), sort_keys=True).encode())
-    for plan in plans:
-        for filename, images in plan.shards():
-            files = [[im.path, im.relpath, im.label, im.size, im.mtime_ns] for im in images]
-            digest.update(json.dumps([plan.name, filename, files]).encode())
-    return Plan(digest.hexdigest(), fileio.normalize_json(settings))
+    for shard in planned.shards():
+        files = [[im.path, im.relpath, im.label, im.size, im.mtime_ns] for im in shard.images]
+        digest.update(json.dumps([shard.split, shard.filename, files]).encode())
+    return Plan(digest.hexdigest(), fileio.normalize_json(config.output_settings(planned.class_names)))
 
 
 def _bookkeeping(scratch: str, name: str) -> str:
@@ -103,20 +93,20 @@ def read_plan(scratch: str) -> Plan | None:
         return None
 
 
-def write_result(scratch: str, result: shards.ShardResult) -> None:
+def write_result(scratch: str, result: write.ShardResult) -> None:
     """The sidecar of a shard just closed: from now on the shard counts as finished."""
     # Compact: a sidecar holds a fingerprint per image, and no one reads it but --resume.
     fileio.write_json(_bookkeeping(scratch, result.info.filename + ".json"), result.to_json(), indent=None)
 
 
-def read_results(scratch: str, filenames: Iterable[str]) -> dict[str, shards.ShardResult]:
-    """filename -> shards.ShardResult of the shards with a sidecar that reads."""
+def read_results(scratch: str, filenames: Iterable[str]) -> dict[str, write.ShardResult]:
+    """filename -> write.ShardResult of the shards with a sidecar that reads."""
     results = {}
     for filename in filenames:
         path = _bookkeeping(scratch, filename + ".json")
         try:
             if fileio.exists(path):
-                result = shards.ShardResult.from_json(fileio.read_json(path))
+                result = write.ShardResult.from_json(fileio.read_json(path))
                 if result.info.filename == filename:
                     results[filename] = result
         except (ValueError, KeyError, TypeError, OSError):
@@ -169,12 +159,7 @@ def find(out: str, plan: Plan) -> str | None:
     return None
 
 
-def verified_results(
-    scratch: str,
-    plans: Sequence[sharding.SplitPlan],
-    class_names: Sequence[str],
-    dataset_name: str,
-) -> dict[str, shards.ShardResult]:
+def verified_results(scratch: str, planned: plan_lib.ConversionPlan) -> dict[str, write.ShardResult]:
     """The finished shards of an adopted scratch folder that pass the check, by file name.
 
     Every planned shard with a sidecar is checked against it as verify.py
@@ -184,18 +169,17 @@ def verified_results(
     again, and its sidecar removed; a worker's unfinished file, removed.
     """
     for name in fileio.listdir(scratch):
-        if name.endswith(shards.PART_SUFFIX):  # a shard the dead run's worker was writing
+        if name.endswith(write.PART_SUFFIX):  # a shard the dead run's worker was writing
             fileio.remove(os.path.join(scratch, name))
-    filenames = [filename for plan in plans for filename, _ in plan.shards()]
-    results = read_results(scratch, filenames)
+    results = read_results(scratch, [shard.filename for shard in planned.shards()])
     splits = {}
-    for plan in plans:
-        mine = [results[f] for f, _ in plan.shards() if f in results and results[f].split == plan.name]
+    for split_plan in planned.splits:
+        mine = [results[f] for f in split_plan.shard_filenames if f in results and results[f].split == split_plan.name]
         if mine:
-            splits[plan.name] = shards.gather_split(plan.name, mine, class_names)[0]
-    kept: dict[str, shards.ShardResult] = {}
+            splits[split_plan.name] = write.gather_split(split_plan.name, mine, planned.class_names)[0]
+    kept: dict[str, write.ShardResult] = {}
     if splits:
-        manifest = schema.Manifest(dataset_name, tuple(class_names), splits, None, scratch)
+        manifest = schema.Manifest(planned.dataset_name, planned.class_names, splits, None, scratch)
         schema.write_manifest(scratch, manifest)
         report = verify.find_damage(scratch)
         fileio.remove(os.path.join(scratch, schema.MANIFEST_FILENAME))
@@ -213,21 +197,17 @@ def verified_results(
 
 
 def open_scratch(
-    out: str,
-    plan: Plan,
-    resume: bool,
-    plans: Sequence[sharding.SplitPlan],
-    class_names: Sequence[str],
-    dataset_name: str,
-) -> tuple[str, dict[str, shards.ShardResult]]:
-    """This run's scratch folder in `out`, and the shards it already holds.
+    config: config_lib.ConversionConfig, planned: plan_lib.ConversionPlan
+) -> tuple[str, dict[str, write.ShardResult]]:
+    """This run's scratch folder in `config.out`, and the shards it already holds.
 
-    With `resume`, a dead run's folder of the same plan, renamed to this
-    run's, with its shards that pass the check; else (or if there is none) a
-    new folder. Either way the other stale scratch folders are removed, and
-    the plan is written for a later --resume.
+    With `config.resume`, a dead run's folder of the same plan (`make_plan`),
+    renamed to this run's, with its shards that pass the check; else (or if
+    there is none) a new folder. Either way the other stale scratch folders
+    are removed, and the plan is written for a later --resume.
     """
-    found = find(out, plan) if resume else None
+    out, plan = config.out, make_plan(config, planned)
+    found = find(out, plan) if config.resume else None
     out_dir.remove_stale_scratch(out, keep=found)
     scratch, kept = None, {}
     if found:
@@ -239,7 +219,7 @@ def open_scratch(
         scratch = out_dir.make_scratch(out)
         write_plan(scratch, plan)
         return scratch, kept
-    kept = verified_results(scratch, plans, class_names, dataset_name)
-    total = sum(len(plan.shard_filenames) for plan in plans)
+    kept = verified_results(scratch, planned)
+    total = sum(len(split_plan.shard_filenames) for split_plan in planned.splits)
     _say(f"kept {len(kept)} of {total} shards of {found} (checked); converting the rest")
     return scratch, kept

@@ -1,6 +1,7 @@
 """What a conversion refuses, checked before it writes and before it replaces.
 
-Every refusal is a ConversionError whose message is the one line the user sees.
+Every refusal is a ConversionError whose message is the one line the user sees
+(values out of range are refused by `ConversionConfig` itself, in `config`).
 """
 
 from __future__ import annotations
@@ -11,13 +12,12 @@ from collections.abc import Sequence
 
 from pipeline import fileio
 from pipeline import schema
+from pipeline.converter import config as config_lib
 from pipeline.converter import out_dir
 from pipeline.converter import sources
 from pipeline.converter import walk
 
-
-class ConversionError(ValueError):
-    """The conversion cannot be done as asked; the message says why."""
+ConversionError = config_lib.ConversionError
 
 
 def check_out(src: str | None, out: str, overwrite: bool) -> None:
@@ -37,13 +37,6 @@ def check_out(src: str | None, out: str, overwrite: bool) -> None:
             f"{out} already holds {existing[0]}{more}, which a conversion into it replaces: "
             "pass --overwrite to replace them"
         )
-
-
-def check_positive(**values: int | None) -> None:
-    """ConversionError naming the first argument below 1; None means its default."""
-    for name, value in values.items():
-        if value is not None and value < 1:
-            raise ConversionError(f"--{name} must be at least 1, got {value}")
 
 
 def class_counts(splits: dict[str, list[sources.SourceImage]]) -> dict[str, dict[str, int]]:
@@ -86,33 +79,21 @@ def check_strict(skipped: Sequence[schema.SkippedFile]) -> None:
         raise ConversionError(f"--strict: {skipped[0].path}: {skipped[0].reason}{more}")
 
 
-def checked_scan(
-    src: str,
-    classes: Sequence[str] | None,
-    validation_fraction: float,
-    seed: int,
-    strict: bool,
-    follow_external_links: bool,
-    max_file_mb: int,
-    max_pixels: int | None = None,
-) -> sources.FolderScan:
+def checked_scan(config: config_lib.ConversionConfig) -> sources.FolderScan:
     """`sources.scan_image_folder`, refused unless it can make a classifier's data.
 
     Raises:
       ConversionError: fewer than two classes, a class without files, or
-        (with `strict`) a file the scan skipped.
+        (with `config.strict`) a file the scan skipped.
     """
-    scan = sources.scan_image_folder(
-        src, classes, validation_fraction, seed,
-        follow_external_links=follow_external_links, max_file_mb=max_file_mb, max_pixels=max_pixels,
-    )
+    scan = sources.scan_image_folder(config)
     if len(scan.class_names) < 2:
         raise ConversionError(
             f"only one class, {scan.class_names[0]}: a classifier needs two or more"
-            + (" (--classes names one)" if classes else " class folders")
+            + (" (--classes names one)" if config.classes else " class folders")
         )
     check_classes(scan.class_names, class_counts(scan.splits))
-    if strict:
+    if config.strict:
         check_strict(scan.skipped)
     return scan
 

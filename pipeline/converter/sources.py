@@ -33,16 +33,16 @@ import os
 import random
 from collections.abc import Sequence
 
+from pipeline import cli
 from pipeline import fileio
 from pipeline import schema
+from pipeline.converter import config as config_lib
 from pipeline.converter import walk
 
 SPLIT_NAMES = ("train", "validation", "test")
-DEFAULT_MAX_FILE_MB = 256
 
 
-
-class SourceError(ValueError):
+class SourceError(cli.UserError, ValueError):
     """The source folder cannot be converted as asked."""
 
 
@@ -158,7 +158,7 @@ def _class_folders(src: str) -> tuple[dict[str, str], list[str], list[schema.Ski
 
 
 def _with_image_headers(
-    images: list[SourceImage], max_pixels: int | None
+    images: list[SourceImage], max_pixels: int
 ) -> tuple[list[SourceImage], list[schema.SkippedFile]]:
     """(the images whose header reads as an image, the others skipped with the reason)."""
     problems = walk.header_problems([image.path for image in images], max_pixels)
@@ -168,17 +168,13 @@ def _with_image_headers(
 
 
 def _walk_tree(
-    src: str,
-    split_dirs: dict[str, str],
-    class_names: tuple[str, ...],
-    follow_external_links: bool,
-    max_file_mb: int,
+    src: str, split_dirs: dict[str, str], class_names: tuple[str, ...], config: config_lib.ConversionConfig
 ) -> tuple[dict[str, list[SourceImage]], list[schema.SkippedFile]]:
-    """(the files of each split, the skipped entries) of the class folders."""
+    """(the files of each split, the skipped entries) of the class folders of `src` (`config.src`, absolute)."""
     if fileio.is_url(src):
-        tree = walk.UrlWalk(max_file_mb)
+        tree = walk.UrlWalk(config.max_file_mb)
     else:
-        tree = walk.LocalWalk(src, follow_external_links, max_file_mb)
+        tree = walk.LocalWalk(src, config.follow_external_links, config.max_file_mb)
     for split, split_dir in split_dirs.items():
         for label, name in enumerate(class_names):
             if fileio.isdir(os.path.join(split_dir, name)):
@@ -194,19 +190,10 @@ def _walk_tree(
     return {split: splits.get(split, []) for split in split_dirs}, tree.skipped
 
 
-def scan_image_folder(
-    src: str,
-    classes: Sequence[str] | None = None,
-    validation_fraction: float = 0.0,
-    seed: int = 0,
-    *,
-    follow_external_links: bool = False,
-    max_file_mb: int = DEFAULT_MAX_FILE_MB,
-    max_pixels: int | None = None,
-) -> FolderScan:
-    """Lists the images of `src` by split and class.
+def scan_image_folder(config: config_lib.ConversionConfig) -> FolderScan:
+    """Lists the images of `config.src` by split and class.
 
-    Args:
+    The fields of `config` it reads:
       src: the source tree, in either layout of the module docstring: a
         local folder or a URL.
       classes: class folder names in label order; default: the sorted class
@@ -221,7 +208,7 @@ def scan_image_folder(
         instead of skipping it (a URL has no symlinks).
       max_file_mb: files larger than this many MiB are skipped.
       max_pixels: with a hold-out, images of more pixels (from the header)
-        are skipped before it; None leaves that to the decoders.
+        are skipped before it.
 
     Returns:
       The FolderScan; what is not listed is in its `skipped`, with the reason.
@@ -230,30 +217,25 @@ def scan_image_folder(
       SourceError: `src` is missing, has no class folders or no files, or
         `classes` names a folder that does not exist or is hidden.
     """
-    if not src:
-        raise SourceError("--src is required: the image folder to convert")
+    src = config.src
     if fileio.is_url(src):
         src = fileio.absolute(src)  # no trailing "/": names are joined to it
     if not fileio.isdir(src):
         raise SourceError(f"--src {src} is not a folder")
-    if not 0.0 <= validation_fraction < 1.0:
-        raise SourceError(
-            f"--validation_fraction must be in [0, 1), got {validation_fraction}"
-        )
 
     split_dirs, folders, hidden = _class_folders(src)
-    class_names = _class_names(folders, classes, {fileio.basename(skip.path) for skip in hidden})
+    class_names = _class_names(folders, config.classes, {fileio.basename(skip.path) for skip in hidden})
 
-    if validation_fraction > 0 and list(split_dirs) != ["train"]:
+    if config.validation_fraction > 0 and list(split_dirs) != ["train"]:
         raise SourceError(f"--validation_fraction holds out part of a tree without split folders, but {src} has "
                           f"{', '.join(name + '/' for name in split_dirs)}: leave the flag out")
-    splits, skipped = _walk_tree(src, split_dirs, class_names, follow_external_links, max_file_mb)
+    splits, skipped = _walk_tree(src, split_dirs, class_names, config)
     skipped = hidden + skipped
-    if validation_fraction > 0:
+    if config.validation_fraction > 0:
         # Only what will be stored is dealt out: a file skipped later would leave its place empty.
-        train, unusable = _with_image_headers(splits["train"], max_pixels)
+        train, unusable = _with_image_headers(splits["train"], config.max_pixels)
         skipped += unusable
-        splits["train"], splits["validation"] = hold_out(train, validation_fraction, seed)
+        splits["train"], splits["validation"] = hold_out(train, config.validation_fraction, config.seed)
     # A split can be empty: no files, or a hold-out of classes with one file.
     splits = {name: files for name, files in splits.items() if files}
     if not splits:

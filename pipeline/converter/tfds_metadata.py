@@ -24,7 +24,7 @@ LABELS = f"{schema.LABEL_KEY}.labels.txt"
 FILES = (DATASET_INFO, FEATURES, LABELS)
 
 VERSION = "1.0.0"
-_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"  # sharding.shard_filename's pattern
+_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"  # plan.shard_filename's pattern
 _CLASS = "tensorflow_datasets.core.features."
 
 

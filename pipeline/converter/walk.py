@@ -90,6 +90,18 @@ class _Reached:
     via_link: bool  # reached through a symlink (to the file or a folder above it)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Folder:
+    """A folder the local walk reached, to list."""
+
+    path: str
+    relpath: str  # relative to the split folder
+    where: ClassFolder
+    info: os.stat_result  # of what `path` leads to
+    via_link: bool  # reached through a symlink (to it or to a folder above it)
+    ancestors: frozenset[_RealKey]  # the folders above it: a link to one is a loop
+
+
 def _real_key(info: os.stat_result) -> _RealKey:
     return info.st_dev, info.st_ino
 
@@ -119,7 +131,7 @@ class LocalWalk:
         self._follow_external_links = follow_external_links
         self._max_file_mb = max_file_mb
         self._walked: set[_RealKey] = set()
-        self._linked: list[tuple] = []  # _walk_folder arguments of linked folders, for later
+        self._linked: list[_Folder] = []  # linked folders, walked last
         self._reached: list[_Reached] = []
         self.skipped: list[schema.SkippedFile] = []
 
@@ -134,12 +146,12 @@ class LocalWalk:
             return
         parents = frozenset(_real_key(os.stat(p)) for p in (self._src, split_dir))
         via_link = os.path.realpath(path) != os.path.join(self._root, os.path.relpath(path, self._src))
-        self._walk_folder(path, where.name, where, info, via_link, parents)
+        self._walk_folder(_Folder(path, where.name, where, info, via_link, parents))
 
     def finish(self) -> None:
         """Walks the linked folders, once every real one has been walked."""
         while self._linked:
-            self._walk_folder(*self._linked.pop(0), walk_now=True)
+            self._walk_folder(self._linked.pop(0), walk_now=True)
 
     def _target(self, path: str, split: str, check_outside: bool) -> os.stat_result | None:
         """stat() of what `path` leads to, or None after recording why it is skipped."""
@@ -155,22 +167,14 @@ class LocalWalk:
                 return None
         return info
 
-    def _walk_folder(
-        self,
-        path: str,
-        relpath: str,
-        where: ClassFolder,
-        info: os.stat_result,
-        via_link: bool,
-        ancestors: frozenset[_RealKey],
-        walk_now: bool = False,
-    ) -> None:
+    def _walk_folder(self, folder: _Folder, walk_now: bool = False) -> None:
         """Walks the entries of one folder (a linked one only from `finish`)."""
-        if via_link and not walk_now:
-            self._linked.append((path, relpath, where, info, via_link, ancestors))
+        if folder.via_link and not walk_now:
+            self._linked.append(folder)
             return
-        key = _real_key(info)
-        if key in ancestors:
+        path, where = folder.path, folder.where
+        key = _real_key(folder.info)
+        if key in folder.ancestors:
             self._skip(path, where.split, "symlink loop")
             return
         if key in self._walked:
@@ -188,7 +192,8 @@ class LocalWalk:
                 self._skip(os.path.join(path, name), where.split, HIDDEN)
                 continue
             self._walk_entry(
-                os.path.join(path, name), os.path.join(relpath, name), where, via_link, ancestors | {key}
+                os.path.join(path, name), os.path.join(folder.relpath, name), where, folder.via_link,
+                folder.ancestors | {key},
             )
 
     def _walk_entry(
@@ -206,7 +211,7 @@ class LocalWalk:
             return
         via_link = via_link or is_link
         if stat.S_ISDIR(info.st_mode):
-            self._walk_folder(path, relpath, where, info, via_link, ancestors, walk_now=not is_link)
+            self._walk_folder(_Folder(path, relpath, where, info, via_link, ancestors), walk_now=not is_link)
         elif not stat.S_ISREG(info.st_mode):
             kind = _FILE_TYPES.get(stat.S_IFMT(info.st_mode), "unknown type")
             self._skip(path, where.split, f"not a regular file ({kind})")

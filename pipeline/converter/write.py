@@ -1,13 +1,13 @@
-"""One shard file: the records of its images, encoded and written in planned order.
+"""Writes shard files: the records of a planned shard's images, encoded and written in order.
 
 Both runners write through here, the local pool (`local`) and Apache Beam
 (`beam`), so their shards are the same bytes:
 
-    SourceImage --encode_record (a worker)--> serialized Example, or the reason it is skipped;
-                                              the source's fingerprint (`duplicates`)
-    [Encoded, ...] in planned order --write_shard--> shard file + ShardResult
+    SourceImage --encode_record(image, Encoding) (a worker)--> serialized Example, or the
+                         reason it is skipped; the source's fingerprint (`duplicates`)
+    plan.Shard + [Encoded, ...] in planned order --ShardWriter.write--> shard file + ShardResult
                    (with `--duplicates=drop`, a copy of an earlier image is skipped)
-    a shard's SourceImages --write_whole_shard (a worker)--> the same, encoded and written there
+    plan.Shard --ShardWriter.write_whole (a worker)--> the same, encoded and written there
     [ShardResult, ...] of a split --gather_split--> schema.SplitInfo + skipped files
 
 Records are framed by `pipeline.tfrecord`, not TensorFlow: workers that write
@@ -25,8 +25,10 @@ from typing import Any
 from pipeline import fileio
 from pipeline import schema
 from pipeline import tfrecord
+from pipeline.converter import config as config_lib
 from pipeline.converter import duplicates
 from pipeline.converter import imaging
+from pipeline.converter import plan
 from pipeline.converter import sources
 
 # A shard a worker is writing: FILENAME.PID.part, renamed to FILENAME when whole.
@@ -68,16 +70,26 @@ class ShardResult:
         )
 
 
-def encode_record(
-    image: sources.SourceImage,
-    stored_size: tuple[int, int] | None,
-    max_pixels: int = imaging.DEFAULT_MAX_PIXELS,
-    fingerprint: bool = False,
-) -> Encoded:
+@dataclasses.dataclass(frozen=True)
+class Encoding:
+    """How every image is stored: what a worker needs besides the images."""
+
+    stored_size: tuple[int, int] | None = None  # (height, width); None keeps the originals
+    max_pixels: int = imaging.DEFAULT_MAX_PIXELS
+    fingerprint: bool = False  # for the duplicate search
+
+    @classmethod
+    def of(cls, config: config_lib.ConversionConfig) -> "Encoding":
+        return cls(config.image_size, config.max_pixels, config.fingerprints)
+
+
+def encode_record(image: sources.SourceImage, encoding: Encoding) -> Encoded:
     """Worker task: the serialized record of one source image, or why it is skipped; with
-    `fingerprint`, the source's `duplicates.Fingerprint` too."""
+    `encoding.fingerprint`, the source's `duplicates.Fingerprint` too."""
     try:
-        stored = imaging.load_for_storage(image.path, stored_size, max_pixels=max_pixels, fingerprint=fingerprint)
+        stored = imaging.load_for_storage(
+            image.path, encoding.stored_size, max_pixels=encoding.max_pixels, fingerprint=encoding.fingerprint
+        )
     except imaging.ImageDecodeError as e:
         return None, str(e), None
     except OSError as e:  # unreadable file: permissions, vanished, ...
@@ -91,97 +103,92 @@ def encode_record(
     }), None, stored.fingerprint
 
 
-def write_shard(
-    split: str,
-    filename: str,
-    images: Sequence[sources.SourceImage],
-    encoded: Iterator[Encoded],
-    folder: str,
-    class_names: Sequence[str],
-    on_image: Callable[[], None] = lambda: None,
-    index: duplicates.DuplicateIndex | None = None,
-) -> ShardResult:
-    """Writes one shard file, `folder`/`filename`, from `encode_record` of each of `images`.
-
-    Args:
-      encoded: yields `encode_record` of each of `images`, in their order.
-      folder: a local path or a URL.
-      on_image: called after each image (progress).
-      index: the duplicate search, given every earlier shard in plan order:
-        each image is added to it; one it drops (`index.drop`) is skipped.
-        None: the search is left to the caller (Beam's launcher).
-    """
-    path = os.path.join(folder, filename)
-    class_counts = dict.fromkeys(class_names, 0)
-    skipped, prints, count = [], [], 0
-    with fileio.open_file(path, "wb") as writer:
-        for image in images:
-            record, reason, print_ = next(encoded)
-            on_image()
-            if print_ is not None:
-                prints.append((image.path, print_))
-                pair = index.add(image.path, split, print_) if index is not None else None
-                if pair is not None and index.drop:
-                    record, reason = None, duplicates.reason(pair)
-            if record is None:
-                skipped.append(schema.SkippedFile(image.path, split, reason))
-                continue
-            writer.write(tfrecord.frame(record))
-            class_counts[image.class_name] += 1
-            count += 1
-    info = schema.ShardInfo(filename, count, fileio.size(path))
-    return ShardResult(split, info, class_counts, tuple(skipped), tuple(prints))
-
-
-def write_whole_shard(
-    split: str,
-    filename: str,
-    images: Sequence[sources.SourceImage],
-    folder: str,
-    class_names: Sequence[str],
-    stored_size: tuple[int, int] | None,
-    max_pixels: int = imaging.DEFAULT_MAX_PIXELS,
-    fingerprint: bool = False,
-) -> ShardResult:
-    """Worker task: `write_shard` of `images`, each encoded here (`encode_record`).
-
-    The duplicate search is the caller's, from the result's fingerprints, so
-    no image is dropped here.
-    """
-    encoded = (encode_record(image, stored_size, max_pixels, fingerprint) for image in images)
-    # Written under a name of this process, then renamed: a worker left running
-    # after its launcher was killed never writes into a shard a new run writes.
-    part = f"{filename}.{os.getpid()}{PART_SUFFIX}"
-    result = write_shard(split, part, images, encoded, folder, class_names)
-    fileio.replace(os.path.join(folder, part), os.path.join(folder, filename))
-    return dataclasses.replace(result, info=dataclasses.replace(result.info, filename=filename))
-
-
 def piece_name(filename: str, piece: int) -> str:
-    """The file a worker writes piece `piece` of shard `filename` to (`join_pieces` joins them)."""
+    """The file a worker writes piece `piece` of shard `filename` to (`ShardWriter.join_pieces` joins them)."""
     return f"{filename}.{piece}{PART_SUFFIX}"
 
 
-def join_pieces(folder: str, filename: str, pieces: Sequence[ShardResult]) -> ShardResult:
-    """The shard `filename` from its pieces' files, in order, and their results as one.
+@dataclasses.dataclass(frozen=True)
+class ShardWriter:
+    """Writes a conversion's shard files into `folder` (a local path or a URL), in a worker or in the launcher."""
 
-    A TFRecord file is its records one after another, so the pieces' bytes
-    appended in order are the bytes of the shard written whole.
-    """
-    first = os.path.join(folder, pieces[0].info.filename)
-    with fileio.open_file(first, "ab") as out:
-        for piece in pieces[1:]:
-            path = os.path.join(folder, piece.info.filename)
-            with fileio.open_file(path) as f:
-                shutil.copyfileobj(f, out, _COPY_BYTES)
-            fileio.remove(path)
-    fileio.replace(first, os.path.join(folder, filename))
-    class_counts = {name: sum(piece.class_counts[name] for piece in pieces) for name in pieces[0].class_counts}
-    info = schema.ShardInfo(filename, sum(p.info.num_examples for p in pieces), sum(p.info.num_bytes for p in pieces))
-    return ShardResult(
-        pieces[0].split, info, class_counts, tuple(skip for p in pieces for skip in p.skipped),
-        tuple(print_ for p in pieces for print_ in p.fingerprints),
-    )
+    folder: str
+    class_names: tuple[str, ...]
+    encoding: Encoding
+
+    def write(
+        self,
+        shard: plan.Shard,
+        encoded: Iterator[Encoded],
+        on_image: Callable[[], None] = lambda: None,
+        index: duplicates.DuplicateIndex | None = None,
+    ) -> ShardResult:
+        """Writes `folder`/`shard.filename` from `encode_record` of each of `shard.images`.
+
+        Args:
+          encoded: yields `encode_record` of each of `shard.images`, in their order.
+          on_image: called after each image (progress).
+          index: the duplicate search, given every earlier shard in plan order:
+            each image is added to it; one it drops (`index.drop`) is skipped.
+            None: the search is left to the caller (the workers' launcher).
+        """
+        path = os.path.join(self.folder, shard.filename)
+        class_counts = dict.fromkeys(self.class_names, 0)
+        skipped, prints, count = [], [], 0
+        with fileio.open_file(path, "wb") as out:
+            for image in shard.images:
+                record, reason, print_ = next(encoded)
+                on_image()
+                if print_ is not None:
+                    prints.append((image.path, print_))
+                    pair = index.add(image.path, shard.split, print_) if index is not None else None
+                    if pair is not None and index.drop:
+                        record, reason = None, duplicates.reason(pair)
+                if record is None:
+                    skipped.append(schema.SkippedFile(image.path, shard.split, reason))
+                    continue
+                out.write(tfrecord.frame(record))
+                class_counts[image.class_name] += 1
+                count += 1
+        info = schema.ShardInfo(shard.filename, count, fileio.size(path))
+        return ShardResult(shard.split, info, class_counts, tuple(skipped), tuple(prints))
+
+    def write_whole(self, shard: plan.Shard) -> ShardResult:
+        """Worker task: `write` of `shard`, each image encoded here (`encode_record`).
+
+        The duplicate search is the caller's, from the result's fingerprints, so
+        no image is dropped here.
+        """
+        encoded = (encode_record(image, self.encoding) for image in shard.images)
+        # Written under a name of this process, then renamed: a worker left running
+        # after its launcher was killed never writes into a shard a new run writes.
+        part = f"{shard.filename}.{os.getpid()}{PART_SUFFIX}"
+        result = self.write(dataclasses.replace(shard, filename=part), encoded)
+        fileio.replace(os.path.join(self.folder, part), os.path.join(self.folder, shard.filename))
+        return dataclasses.replace(result, info=dataclasses.replace(result.info, filename=shard.filename))
+
+    def join_pieces(self, filename: str, pieces: Sequence[ShardResult]) -> ShardResult:
+        """The shard `filename` from its pieces' files, in order, and their results as one.
+
+        A TFRecord file is its records one after another, so the pieces' bytes
+        appended in order are the bytes of the shard written whole.
+        """
+        first = os.path.join(self.folder, pieces[0].info.filename)
+        with fileio.open_file(first, "ab") as out:
+            for piece in pieces[1:]:
+                path = os.path.join(self.folder, piece.info.filename)
+                with fileio.open_file(path) as f:
+                    shutil.copyfileobj(f, out, _COPY_BYTES)
+                fileio.remove(path)
+        fileio.replace(first, os.path.join(self.folder, filename))
+        class_counts = {name: sum(piece.class_counts[name] for piece in pieces) for name in pieces[0].class_counts}
+        info = schema.ShardInfo(
+            filename, sum(p.info.num_examples for p in pieces), sum(p.info.num_bytes for p in pieces)
+        )
+        return ShardResult(
+            pieces[0].split, info, class_counts, tuple(skip for p in pieces for skip in p.skipped),
+            tuple(print_ for p in pieces for print_ in p.fingerprints),
+        )
 
 
 def gather_split(

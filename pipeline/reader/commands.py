@@ -9,31 +9,33 @@ Each server runs until it is stopped (Ctrl-C or SIGTERM). See pipeline/reader/se
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow's first import
 
-from absl import flags  # noqa: E402
-
 from pipeline import cli  # noqa: E402
 from pipeline.reader import service  # noqa: E402
 
-FLAGS = flags.FlagValues()
-flags.DEFINE_enum_class(
-    "role", None, service.Role, "dispatcher or worker.", case_sensitive=False, required=True, flag_values=FLAGS
-)
-flags.DEFINE_integer(
-    "port", None, "Port to listen on.", lower_bound=1, upper_bound=65535, required=True, flag_values=FLAGS
-)
-flags.DEFINE_string(
-    "work_dir", None, "Dispatcher only: a folder (any tf.io.gfile URL) for its journal: fault tolerant restarts.",
-    flag_values=FLAGS,
-)
-flags.DEFINE_string("dispatcher", None, "Worker only: the dispatcher, grpc://HOST:PORT.", flag_values=FLAGS)
-flags.DEFINE_string(
-    "host", "localhost", "Worker only: the name or address trainers reach this worker at.", flag_values=FLAGS
-)
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    """data_service.py's flags, a field each: one dispatcher or worker."""
+
+    role: service.Role = cli.setting(help="dispatcher or worker.")
+    port: int = cli.setting(help="Port to listen on.", at_least=1, at_most=65535)
+    work_dir: str | None = cli.setting(
+        None, help="Dispatcher only: a folder (any tf.io.gfile URL) for its journal: fault tolerant restarts.")
+    dispatcher: str | None = cli.setting(
+        None, help="Worker only, and required for one: the dispatcher, grpc://HOST:PORT.")
+    host: str = cli.setting("localhost", help="Worker only: the name or address trainers reach this worker at.")
+
+    def __post_init__(self):
+        cli.check_settings(self)
+        if self.role is service.Role.WORKER and not self.dispatcher:
+            raise cli.SettingError("--dispatcher is required for a worker: grpc://HOST:PORT")
 
 
 # TF 2.21's servers take no bind address and no credentials (BUILD.md, GPUs and several machines).
@@ -44,22 +46,20 @@ _EXPOSED = (
 )
 
 
-def _serve() -> None:
-    if FLAGS.role is service.Role.WORKER:
-        if not FLAGS.dispatcher:
-            cli.fail("--dispatcher is required for a worker: grpc://HOST:PORT")
-        dispatcher = service.Address.parse(FLAGS.dispatcher, "--dispatcher")
+def _serve(config: ServerConfig) -> None:
+    if config.role is service.Role.WORKER:
+        dispatcher = service.Address.parse(config.dispatcher, "--dispatcher")
         service.check_reachable(dispatcher, "--dispatcher")
     # A server keeps no state to save, and waits in C++ where Python's handler
     # never runs: Ctrl-C ends it at once, as SIGTERM does.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    if FLAGS.role is service.Role.DISPATCHER:
-        server = service.start_dispatcher(FLAGS.port, FLAGS.work_dir)
+    if config.role is service.Role.DISPATCHER:
+        server = service.start_dispatcher(config.port, config.work_dir)
     else:
-        server = service.start_worker(dispatcher, FLAGS.port, FLAGS.host)
-    print(f"data_service.py: {FLAGS.role.value} listening on port {FLAGS.port}\n{_EXPOSED}", flush=True)
+        server = service.start_worker(dispatcher, config.port, config.host)
+    print(f"data_service.py: {config.role.value} listening on port {config.port}\n{_EXPOSED}", flush=True)
     server.join()
 
 
 # A bad address, or a port in use.
-DATA_SERVICE = cli.Command("data_service.py", __doc__, FLAGS, _serve, errors=(ValueError, RuntimeError))
+DATA_SERVICE = cli.Command("data_service.py", __doc__, ServerConfig, _serve)

@@ -1,12 +1,16 @@
 """Builds the tf.data input pipeline of a records folder: one function per use.
 
-    train_dataset:  shards, shuffled -> interleaved reads, counts checked
-                    -> [shuffle records] -> parse + decode + resize (uint8),
-                    label checked -> [cache] -> shuffle -> [skip to a position]
-                    -> batch -> [augment] -> scale to [0, 1], labels -> prefetch
+    train_passes:   per pass, the epoch and batch an EpochPosition names:
+                    shards in the epoch's order -> interleaved reads, counts
+                    checked -> shuffle records -> [skip to the batch] -> parse
+                    + decode + resize (uint8), label checked -> batch
+                    [or: decoded once into the cache -> shuffle -> skip -> batch]
+                    -> [augment] -> scale to [0, 1], labels -> length -> prefetch
     eval_dataset:   shards in order -> interleaved reads, counts checked
                     -> parse + decode + resize, label checked -> batch
-                    -> [cache] -> scale, labels -> prefetch
+                    -> [cache] -> scale, labels -> length -> prefetch
+
+The manifest is read once by the caller and passed down (None: read here).
 
 Every shard must hold the records the manifest counts, and every label must
 be a class index: a short or overlong shard, or a stray label, stops the
@@ -22,12 +26,14 @@ memory after the first epoch (height * width * 3 bytes each).
 from __future__ import annotations
 
 import dataclasses
+import random
 
 import tensorflow as tf
 
 from pipeline import schema
 from pipeline.reader import augment
-from pipeline.reader import shards
+from pipeline.reader import epochs
+from pipeline.reader import read
 from pipeline.reader import transforms
 
 DEFAULT_IMAGE_SIZE = (150, 150)
@@ -53,9 +59,8 @@ class InputConfig:
       host_warp: what warps them: OpenCV (faster, in-process only) or
         TensorFlow ops only (for a dataset that runs on tf.data service).
       distributed: the dataset runs on tf.data service workers, each making
-        part of the epoch, so its length is not asserted, and its images stay
-        uint8 (a quarter of float32's bytes through gRPC):
-        `on_trainer` makes them float32 after the service.
+        part of the epoch (no length stated), its images uint8 (a quarter of
+        float32's bytes through gRPC) until `service.on_trainer`.
       cache: keep the decoded, resized uint8 images in memory after the first
         epoch. Training shuffles and augments them anew each epoch.
       shuffle_buffer: training records in the shuffle buffer without the
@@ -63,7 +68,7 @@ class InputConfig:
       drop_remainder: drop the last, smaller batch.
       dct_scaling: decode large JPEGs at 1/2, 1/4 or 1/8 scale when that stays
         at least `image_size`.
-      seed: seed of shuffles and augmentation; None for a fresh one each run.
+      seed: seed of shuffles and augmentation; None: one drawn as a dataset is built.
       deterministic: keep element order across parallel stages. Default: for
         evaluation always, for training when a seed is set.
       autotune: let tf.data's autotuner re-tune parallelism and buffer sizes
@@ -115,10 +120,7 @@ class InputConfig:
 
 
 def decode_example(
-    serialized: tf.Tensor,
-    image_size: tuple[int, int],
-    dct_scaling: bool = True,
-    dtype: tf.DType = tf.uint8,
+    serialized: tf.Tensor, image_size: tuple[int, int], dct_scaling: bool = True, dtype: tf.DType = tf.uint8
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Parses and decodes one record to a resized image.
 
@@ -156,24 +158,22 @@ def _decode(
 
     def decode(record, path, index):
         image, label = decode_example(record, config.image_size, config.dct_scaling, dtype)
-        return image, shards.check_label(label, num_classes, path, index)
+        return image, read.check_label(label, num_classes, path, index)
 
     return ds.map(_plain(decode), num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
 
 
 def _augment(
-    ds: tf.data.Dataset, config: InputConfig, deterministic: bool,
-    epoch_seed: tf.Tensor | None = None, first_batch: tf.Tensor | int = 0,
+    ds: tf.data.Dataset, config: InputConfig, deterministic: bool, seed: tf.Tensor | int,
+    first_batch: tf.Tensor | int, reshuffle: bool,
 ) -> tf.data.Dataset:
-    """Warps uint8 batches, each with its own stateless seed.
-
-    Without `epoch_seed` the seeds are new every pass; with it (int64 scalar),
-    batch i of the pass gets [epoch_seed, first_batch + i], the same in every pass.
-    """
-    if epoch_seed is None:
-        seeds = tf.data.Dataset.random(seed=config.seed, rerandomize_each_iteration=True).batch(2)
+    """Warps uint8 batches, each with its own stateless seed: batch i of a pass gets
+    [seed, first_batch + i], the same in every pass; with `reshuffle`, draws new
+    ones from `seed` each pass."""
+    if reshuffle:
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
     else:
-        seeds = tf.data.Dataset.range(first_batch, tf.int64.max).map(lambda i: tf.stack([epoch_seed, i]))
+        seeds = tf.data.Dataset.range(first_batch, tf.int64.max).map(lambda i: tf.stack([seed, i]))
 
     def warp(batch, batch_seed):
         images, labels = batch
@@ -183,11 +183,10 @@ def _augment(
 
 
 def _finish(
-    ds: tf.data.Dataset, config: InputConfig, manifest: schema.Manifest, split: str, deterministic: bool,
-    length_known: bool = True,
+    ds: tf.data.Dataset, config: InputConfig, manifest: schema.Manifest, deterministic: bool, length: int | None,
 ) -> tf.data.Dataset:
     """Scales images to float32 [0, 1] (on the trainer when distributed), encodes labels,
-    states the length (when known), prefetches."""
+    states the length in batches (None: not known here), prefetches."""
     config.check_fits(manifest)  # every builder ends here, before any batch is read
     num_classes, class_mode = manifest.num_classes, config.class_mode
     scale = (lambda images: images) if config.distributed else transforms.scale_image
@@ -196,9 +195,8 @@ def _finish(
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=deterministic,
     )
-    if length_known and not config.distributed:
-        # Interleaving hides the length; the manifest knows it (Keras shows it).
-        ds = ds.apply(tf.data.experimental.assert_cardinality(num_batches(manifest, split, config)))
+    if length is not None:  # interleaving hides the length; the manifest knows it (Keras shows it)
+        ds = ds.apply(tf.data.experimental.assert_cardinality(length))
     return ds.prefetch(tf.data.AUTOTUNE).with_options(input_options(deterministic, config.autotune))
 
 
@@ -209,154 +207,168 @@ def num_batches(manifest: schema.Manifest, split: str, config: InputConfig) -> i
     return full + (1 if rest and not config.drop_remainder else 0)
 
 
-def on_trainer(ds: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
-    """After `service.distribute`: (images `tf.uint8` [b, H, W, 3], labels) from the
-    workers -> (images float32 [B, H, W, 3] in [0, 1], labels), B = `batch_size`.
-
-    Each worker ends its part of an epoch with a smaller batch; rebatched, only
-    the epoch's last batch is smaller, so every whole epoch has the same number
-    of batches. Keras counts the first epoch's and cuts any longer one short.
-    """
-    ds = ds.rebatch(batch_size)
-    ds = ds.map(_plain(lambda images, labels: (transforms.scale_image(images), labels)),
-                num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
-
-
-class EpochPosition:
-    """The epoch a training dataset's next pass makes, and how many of its batches to leave out.
-
-    Two int64 variables, read as each pass begins: a Keras callback moves them
-    before each epoch, and a resumed run starts them where the first one stopped.
-    Make it outside any tf.distribute scope (its variables live on the host).
-    """
-
-    def __init__(self, epoch: int = 0, skip_batches: int = 0):
-        with tf.device("/cpu:0"):
-            self.epoch = tf.Variable(epoch, dtype=tf.int64, trainable=False, name="epoch")
-            self.skip_batches = tf.Variable(skip_batches, dtype=tf.int64, trainable=False, name="skip_batches")
-
-    def move_to(self, epoch: int, skip_batches: int = 0) -> None:
-        self.epoch.assign(epoch)
-        self.skip_batches.assign(skip_batches)
-
-
-def epoch_seeds(seed: int, epoch: tf.Tensor | int) -> tf.Tensor:
-    """int64 [3] seeds of an epoch's shard order, record order and augmentation, from (seed, epoch) alone."""
-    pair = tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)])
-    return tf.random.stateless_uniform([3], seed=pair, minval=None, maxval=None, dtype=tf.int64)
-
-
 def train_dataset(
     records_dir: str, config: InputConfig = InputConfig(), split: str = "train",
-    position: EpochPosition | None = None, steps_per_epoch: int | None = None,
+    position: epochs.EpochPosition | None = None, steps_per_epoch: int | None = None,
+    manifest: schema.Manifest | None = None,
 ) -> tf.data.Dataset:
-    """Shuffled, optionally augmented batches of a split, one epoch per pass.
-
-    Args:
-      records_dir: a folder written by convert.py.
-      config: see InputConfig.
-      split: the split to train on.
-      position: None: each pass is a new epoch, its order and augmentation
-        drawn anew (from config.seed and the passes made so far in this
-        process). An EpochPosition: each pass is the epoch it names, from the
-        batch it names; order and augmentation come from (config.seed, epoch)
-        alone, so they are the same in every process, and a run resumed
-        mid-epoch sees the batches an uninterrupted one would have. Left-out
-        records are not decoded. The length of a pass is then not stated.
-      steps_per_epoch: with `position`, batches per epoch: the epoch's own
-        batches, then again from its first, as many as needed; None for one
-        pass over the split.
+    """Shuffled, optionally augmented batches of a split, one epoch per pass: `train_passes`' first.
 
     Returns:
       A dataset of (images, labels): images float32 [B, height, width, 3] in
-      [0, 1] (`tf.uint8` in [0, 255] when `config.distributed`); labels as
+      [0, 1] (`tf.uint8` in [0, 255] when `config.distributed`: what tf.data
+      service workers make, see `service.train_passes`); labels as
       `config.class_mode` (binary: float32 [B]; categorical: float32
-      [B, num_classes]; sparse: int32 [B]).
+      [B, num_classes]; sparse: int32 [B]). Its stated length is its first pass's.
     """
-    deterministic = config.deterministic if config.deterministic is not None else config.seed is not None
-    if position is not None:
-        ds, manifest = _epoch_passes(records_dir, config, split, deterministic, position, steps_per_epoch)
-        return _finish(ds, config, manifest, split, deterministic, length_known=False)
-    ds, manifest = shards.read_with_position(records_dir, split, True, config.seed, deterministic)
-    if not config.cache:
-        ds = ds.shuffle(config.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
-    ds = _decode(ds, config, tf.uint8, deterministic, manifest.num_classes)
-    if config.cache:
-        num_examples = manifest.splits[split].num_examples
-        ds = ds.cache().shuffle(num_examples, seed=config.seed, reshuffle_each_iteration=True)
-    ds = ds.batch(config.batch_size, drop_remainder=config.drop_remainder)
-    if config.augmentation is not None:
-        ds = _augment(ds, config, deterministic)
-    return _finish(ds, config, manifest, split, deterministic)
+    if config.distributed:
+        return _on_workers(records_dir, config, split, manifest)
+    passes = train_passes(records_dir, config, split, position, steps_per_epoch, manifest)
+    return passes.epochs if passes.rest_of_epoch is None else passes.rest_of_epoch
 
 
-def _epoch_passes(
-    records_dir: str, config: InputConfig, split: str, deterministic: bool, position: EpochPosition,
-    steps_per_epoch: int | None,
-) -> tuple[tf.data.Dataset, schema.Manifest]:
-    """train_dataset's passes with a `position`: uint8 batches, unscaled."""
-    if config.seed is None:
+def train_passes(
+    records_dir: str, config: InputConfig = InputConfig(), split: str = "train",
+    position: epochs.EpochPosition | None = None, steps_per_epoch: int | None = None,
+    manifest: schema.Manifest | None = None,
+) -> epochs.TrainPasses:
+    """The training batches made in this process: each pass the epoch `position` names, from its batch.
+
+    Order and augmentation come from (seed, epoch) alone, the same in every
+    process: a run resumed mid-epoch sees the batches an uninterrupted one
+    would have. Left-out records are not decoded.
+
+    Args:
+      records_dir: a folder written by convert.py.
+      config: see InputConfig; `config.seed` None: one drawn here.
+      split: the split to train on.
+      position: the epoch and batch each pass starts at, moved by its owner;
+        None: from epoch 0, each pass the next epoch (`EpochPosition.advance`).
+      steps_per_epoch: batches an epoch: the epoch's own, then again from its
+        first, as many as needed; None for one pass over the split.
+      manifest: the folder's manifest, read by the caller; None reads it here.
+    """
+    if position is None:
+        position = epochs.EpochPosition(advance=True)
+    elif config.seed is None:
         raise ValueError("a training dataset with an EpochPosition needs a seed")
-    manifest = schema.read_manifest(records_dir)
-    num_examples = manifest.split(split, records_dir).num_examples
-    if config.cache:  # decoded once, in shard order; each epoch shuffles the whole split
-        cached, _ = shards.read_with_position(records_dir, split, False, None, deterministic)
-        cached = _decode(cached, config, tf.uint8, deterministic, manifest.num_classes).cache()
-    batches = num_batches(manifest, split, config)
-
-    def epoch_batches(seeds: tf.Tensor, skip: tf.Tensor) -> tf.data.Dataset:
-        if config.cache:
-            ds = cached.shuffle(num_examples, seed=seeds[1], reshuffle_each_iteration=False)
-        else:
-            ds, _ = shards.read_with_position(records_dir, split, True, seeds[0], deterministic, reshuffle=False)
-            ds = ds.shuffle(config.shuffle_buffer, seed=seeds[1], reshuffle_each_iteration=False)
-        ds = ds.skip(skip * config.batch_size)
-        if not config.cache:
-            ds = _decode(ds, config, tf.uint8, deterministic, manifest.num_classes)
-        ds = ds.batch(config.batch_size, drop_remainder=config.drop_remainder)
-        if config.augmentation is not None:
-            ds = _augment(ds, config, deterministic, epoch_seed=seeds[2], first_batch=skip)
-        return ds
+    source = _TrainSplit.of(records_dir, config, split, manifest)
+    seed, batches = _seed(config), num_batches(source.manifest, split, config)
 
     def one_pass(_):
         # Every seed here is explicit. Under a global seed of 0, Dataset.shuffle
         # tests a seed tensor as a Python bool (TF 2.21): this graph takes none.
         tf.compat.v1.get_default_graph().seed = None
-        seeds = epoch_seeds(config.seed, position.epoch)
-        skip = position.skip_batches.read_value()
+        epoch, skip = position.next_pass()
+        seeds = epochs.epoch_seeds(seed, epoch)
         if steps_per_epoch is None:
-            return epoch_batches(seeds, skip)
-        again = epoch_batches(seeds, tf.constant(0, tf.int64)).repeat()
-        return epoch_batches(seeds, skip % batches).concatenate(again).take(steps_per_epoch - skip)
+            return _epoch(source, seeds, skip)
+        again = _epoch(source, seeds, tf.constant(0, tf.int64)).repeat()
+        return _epoch(source, seeds, skip % batches).concatenate(again).take(steps_per_epoch - skip)
 
-    return tf.data.Dataset.from_tensors(0).flat_map(_plain(one_pass)), manifest
+    ds = tf.data.Dataset.from_tensors(0).flat_map(_plain(one_pass))
+    length, skipped = steps_per_epoch or batches, int(position.skip_batches.numpy())
+    rest = source.finish(ds, length - skipped) if skipped else None
+    return epochs.TrainPasses(source.finish(ds, length), rest, length)
 
 
-def eval_dataset(records_dir: str, split: str, config: InputConfig = InputConfig()) -> tf.data.Dataset:
+@dataclasses.dataclass(frozen=True)
+class _TrainSplit:
+    """What each pass of a training input reads: a split's records, or its decoded images
+    (`cached`: decoded once, in shard order, kept after the first pass)."""
+
+    records_dir: str
+    config: InputConfig
+    split: str
+    manifest: schema.Manifest
+    deterministic: bool
+    cached: tf.data.Dataset | None
+
+    @classmethod
+    def of(cls, records_dir: str, config: InputConfig, split: str, manifest: schema.Manifest | None) -> "_TrainSplit":
+        manifest = schema.read_manifest(records_dir) if manifest is None else manifest
+        manifest.split(split, records_dir)
+        deterministic = config.deterministic if config.deterministic is not None else config.seed is not None
+        cached = None
+        if config.cache:
+            in_order = read.read_with_position(records_dir, manifest, split, deterministic=deterministic)
+            cached = _decode(in_order, config, tf.uint8, deterministic, manifest.num_classes).cache()
+        return cls(records_dir, config, split, manifest, deterministic, cached)
+
+    def finish(self, ds: tf.data.Dataset, length: int | None) -> tf.data.Dataset:
+        return _finish(ds, self.config, self.manifest, self.deterministic, length)
+
+
+def _epoch(
+    source: _TrainSplit, seeds: tf.Tensor | list[int], skip: tf.Tensor | int, reshuffle: bool = False
+) -> tf.data.Dataset:
+    """One epoch's uint8 batches from batch `skip`: the chain of every training input.
+
+    Args:
+      seeds: int64 [3] (`epoch_seeds`): shard order, record order, augmentation.
+      reshuffle: each pass draws a new order and new augmentations from the
+        seeds (tf.data service workers, which hold no position).
+    """
+    config, deterministic = source.config, source.deterministic
+    if source.cached is not None:
+        num_examples = source.manifest.splits[source.split].num_examples
+        ds = source.cached.shuffle(num_examples, seed=seeds[1], reshuffle_each_iteration=reshuffle)
+    else:
+        ds = read.read_with_position(source.records_dir, source.manifest, source.split, shard_seed=seeds[0],
+                                     reshuffle=reshuffle, deterministic=deterministic)
+        ds = ds.shuffle(config.shuffle_buffer, seed=seeds[1], reshuffle_each_iteration=reshuffle)
+    if not isinstance(skip, int) or skip:
+        ds = ds.skip(skip * config.batch_size)
+    if source.cached is None:
+        ds = _decode(ds, config, tf.uint8, deterministic, source.manifest.num_classes)
+    ds = ds.batch(config.batch_size, drop_remainder=config.drop_remainder)
+    if config.augmentation is not None:
+        ds = _augment(ds, config, deterministic, seeds[2], skip, reshuffle)
+    return ds
+
+
+def _on_workers(records_dir: str, config: InputConfig, split: str, manifest: schema.Manifest) -> tf.data.Dataset:
+    """The training chain as tf.data service workers run it: no position (a variable
+    cannot travel to them), the shard files its source (the dispatcher deals them
+    out), new draws each pass; uint8 batches of no stated length."""
+    source = _TrainSplit.of(records_dir, config, split, manifest)
+    seeds = [int(seed) for seed in epochs.epoch_seeds(_seed(config), 0).numpy()]
+    return source.finish(_epoch(source, seeds, 0, reshuffle=True), None)
+
+
+def _seed(config: InputConfig) -> int:
+    """`config.seed`, or one drawn now."""
+    return config.seed if config.seed is not None else random.SystemRandom().getrandbits(31)
+
+
+def eval_dataset(
+    records_dir: str, split: str, config: InputConfig = InputConfig(), manifest: schema.Manifest | None = None
+) -> tf.data.Dataset:
     """The batches of a split in a fixed order, never augmented.
 
     Args:
       records_dir: a folder written by convert.py.
       split: "validation", "test" or any split of the folder.
       config: see InputConfig; `augmentation` and `shuffle_buffer` are not used.
+      manifest: the folder's manifest, read by the caller; None reads it here.
 
     Returns:
       A dataset of (images, labels), as `train_dataset`, the same every pass.
     """
     deterministic = config.deterministic if config.deterministic is not None else True
-    ds, manifest = shards.read_with_position(records_dir, split, False, None, deterministic)
+    manifest = schema.read_manifest(records_dir) if manifest is None else manifest
+    ds = read.read_with_position(records_dir, manifest, split, deterministic=deterministic)
     # Without the cache nothing holds the images: skip the round trip through uint8.
     ds = _decode(ds, config, tf.uint8 if config.cache else tf.float32, deterministic, manifest.num_classes)
     ds = ds.batch(config.batch_size, drop_remainder=config.drop_remainder)
     if config.cache:
         ds = ds.cache()
-    return _finish(ds, config, manifest, split, deterministic)
+    return _finish(ds, config, manifest, deterministic, num_batches(manifest, split, config))
 
 
-def split_filenames(records_dir: str, split: str) -> list[str]:
+def split_filenames(records_dir: str, split: str, manifest: schema.Manifest | None = None) -> list[str]:
     """Each record's source path (relative to its split folder), in `eval_dataset`'s order."""
-    ds, _ = shards.read_records(records_dir, split)
+    ds = read.read_records(records_dir, split, manifest)
     ds = ds.map(_plain(lambda record: schema.parse_example(record)[schema.FILENAME_KEY]),
                 num_parallel_calls=tf.data.AUTOTUNE)
     return [name.decode() for batch in ds.batch(1024).as_numpy_iterator() for name in batch]

@@ -20,13 +20,14 @@ import hashlib
 import json
 from collections.abc import Iterator
 
+from pipeline import cli
 from pipeline import fileio
 from pipeline import schema
 
 _CONVERTING = "wait for that conversion to end, then run again"
 
 
-class RecordsChangedError(ValueError):
+class RecordsChangedError(cli.UserError, ValueError):
     """The records folder holds another set than when the reader started; the message says what to do."""
 
 

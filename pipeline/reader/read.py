@@ -1,9 +1,10 @@
 """A split's records from its shard files, read in parallel and checked as they come.
 
-    manifest.json -> shard paths, counts -> [shuffled] -> interleaved reads in blocks
+    the manifest -> shard paths, counts -> [shuffled] -> interleaved reads in blocks
     -> each block's size checked against the manifest -> records [, shard path, index]
 
-A shard that holds more or fewer records than the manifest gives it fails
+The manifest is read once by the caller (a reader's `guard.HeldRecords`) and
+passed down. A shard that holds more or fewer records than the manifest gives it fails
 when its end (or its first surplus record) is read, naming the shard;
 `check_label` does the same for a label that is not a class index.
 """
@@ -27,9 +28,9 @@ _plain = tf.autograph.experimental.do_not_convert
 
 
 def read_records(
-    records_dir: str, split: str, shuffle: bool = False, seed: int | None = None, deterministic: bool = True
-) -> tuple[tf.data.Dataset, schema.Manifest]:
-    """The serialized records of a split, from its shards read in parallel.
+    records_dir: str, split: str, manifest: schema.Manifest | None = None, deterministic: bool = True
+) -> tf.data.Dataset:
+    """The serialized records of a split (scalar `tf.string`), its shards read in parallel in manifest order.
 
     Every shard must hold the number of records the manifest gives it: a
     shard cut short or overlong fails, naming the shard, when its end (or its
@@ -38,12 +39,8 @@ def read_records(
     Args:
       records_dir: a folder written by convert.py.
       split: the split's name.
-      shuffle: visit the shards in a new random order each epoch.
-      seed: seed of that order.
+      manifest: the folder's manifest, read by the caller; None reads it here.
       deterministic: interleave the shards in a fixed order.
-
-    Returns:
-      (scalar `tf.string` records, the folder's manifest).
 
     Raises:
       FileNotFoundError, ValueError: see `schema.read_manifest`; ValueError
@@ -53,23 +50,37 @@ def read_records(
       truncated record (its message names no file: see
       `pipeline.verify.find_damage`).
     """
-    return read_with_position(records_dir, split, shuffle, seed, deterministic, with_position=False)
+    manifest = schema.read_manifest(records_dir) if manifest is None else manifest
+    return _read(records_dir, manifest, split, None, False, deterministic, with_position=False)
 
 
 def read_with_position(
-    records_dir: str, split: str, shuffle: bool, seed: int | None | tf.Tensor, deterministic: bool,
-    with_position: bool = True, reshuffle: bool = True,
-) -> tuple[tf.data.Dataset, schema.Manifest]:
-    """read_records; `with_position` adds each record's shard path and index in it;
-    `reshuffle`: a new shard order each pass (else the same order every pass)."""
-    manifest = schema.read_manifest(records_dir)
+    records_dir: str, manifest: schema.Manifest, split: str, *, shard_seed: int | tf.Tensor | None = None,
+    reshuffle: bool = False, deterministic: bool = True,
+) -> tf.data.Dataset:
+    """read_records, each record with its shard's path and its index there: (`tf.string`, `tf.string`, int64).
+
+    Args:
+      shard_seed: visit the shards in an order drawn from this seed; None: in
+        the manifest's order.
+      reshuffle: with `shard_seed`, a new order each pass (else the same
+        order every pass).
+    """
+    return _read(records_dir, manifest, split, shard_seed, reshuffle, deterministic, with_position=True)
+
+
+def _read(
+    records_dir: str, manifest: schema.Manifest, split: str, shard_seed: int | tf.Tensor | None, reshuffle: bool,
+    deterministic: bool, with_position: bool,
+) -> tf.data.Dataset:
+    """read_records / read_with_position."""
     info = manifest.split(split, records_dir)
     files = manifest.shard_paths(records_dir, split)
     counts = tf.constant([shard.num_examples for shard in info.shards], tf.int64)
     block = _block_size(info)
     ds = tf.data.Dataset.from_tensor_slices((files, counts))
-    if shuffle:
-        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=reshuffle)
+    if shard_seed is not None:
+        ds = ds.shuffle(len(files), seed=shard_seed, reshuffle_each_iteration=reshuffle)
     ds = ds.interleave(
         _plain(lambda path, expected: _shard_blocks(path, expected, block)),
         cycle_length=min(len(files), _MAX_PARALLEL_SHARDS),
@@ -81,7 +92,7 @@ def read_with_position(
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=deterministic,
     )
-    return ds.unbatch(), manifest
+    return ds.unbatch()
 
 
 def _block_size(split: schema.SplitInfo) -> int:

@@ -28,6 +28,12 @@ import socket
 import tensorflow as tf
 from tensorflow.python.data.experimental.ops import data_service_ops
 
+from pipeline import cli
+from pipeline import schema
+from pipeline.reader import dataset
+from pipeline.reader import epochs
+from pipeline.reader import transforms
+
 _SERVICE = tf.data.experimental.service
 # Workers heartbeat this often; one silent for WORKER_TIMEOUT_MS is dropped.
 HEARTBEAT_INTERVAL_MS = 1_000
@@ -64,7 +70,7 @@ class Address:
         rest = url.removeprefix("grpc://")
         host, _, port = rest.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"{flag} must be grpc://HOST:PORT, got {url!r}")
+            raise cli.SettingError(f"{flag} must be grpc://HOST:PORT, got {url!r}")
         return cls(host, int(port))
 
     @property
@@ -88,7 +94,7 @@ def check_reachable(address: Address, flag: str = "--data_service") -> None:
             pass
     except OSError as error:
         reason = error.strerror or str(error)
-        raise ValueError(f"{flag}: no tf.data service dispatcher answers at {address.target} ({reason})") from None
+        raise cli.InputError(f"{flag}: no tf.data service dispatcher answers at {address.target} ({reason})") from None
 
 
 def distribute(ds: tf.data.Dataset, address: Address, job_name: str | None = None) -> tf.data.Dataset:
@@ -128,6 +134,34 @@ def distribute(ds: tf.data.Dataset, address: Address, job_name: str | None = Non
     return ds.apply(transformation).prefetch(tf.data.AUTOTUNE).with_options(trainer_end)
 
 
+def on_trainer(ds: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
+    """After `distribute`: (images `tf.uint8` [b, H, W, 3], labels) from the
+    workers -> (images float32 [B, H, W, 3] in [0, 1], labels), B = `batch_size`.
+
+    Each worker ends its part of an epoch with a smaller batch; rebatched, only
+    the epoch's last batch is smaller, so every whole epoch has the same number
+    of batches. Keras counts the first epoch's and cuts any longer one short.
+    """
+    ds = ds.rebatch(batch_size)
+    scale = tf.autograph.experimental.do_not_convert(lambda images, labels: (transforms.scale_image(images), labels))
+    return ds.map(scale, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def train_passes(
+    records_dir: str, config: dataset.InputConfig, address: Address, manifest: schema.Manifest, split: str = "train",
+) -> epochs.TrainPasses:
+    """`dataset.train_dataset`'s batches (`config.distributed`) made by the service's workers, as a trainer takes them.
+
+    Each pass of the workers' dataset is a new job, an epoch: here they come
+    back to back (`endless`), `steps_per_epoch` batches each. Keras cut an
+    epoch longer than its first; one short (a worker lost) shifts the next
+    instead. A run on the service resumes at an epoch's start.
+    """
+    on_workers = dataset.train_dataset(records_dir, config, split, manifest=manifest)
+    epochs_back_to_back = on_trainer(distribute(on_workers, address), config.batch_size).repeat()
+    return epochs.TrainPasses(epochs_back_to_back, None, dataset.num_batches(manifest, split, config), endless=True)
+
+
 def start_dispatcher(
     port: int, work_dir: str | None = None, worker_timeout_ms: int = WORKER_TIMEOUT_MS
 ) -> _SERVICE.DispatchServer:
@@ -140,7 +174,7 @@ def start_dispatcher(
     config = _SERVICE.DispatcherConfig(
         port=port, work_dir=work_dir, fault_tolerant_mode=work_dir is not None, worker_timeout_ms=worker_timeout_ms
     )
-    return _SERVICE.DispatchServer(config)
+    return _serving(lambda: _SERVICE.DispatchServer(config), port)
 
 
 def start_worker(dispatcher: Address, port: int, host: str) -> _SERVICE.WorkerServer:
@@ -149,4 +183,12 @@ def start_worker(dispatcher: Address, port: int, host: str) -> _SERVICE.WorkerSe
         dispatcher_address=f"{dispatcher.host}:{dispatcher.port}", worker_address=f"{host}:%port%", port=port,
         heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
     )
-    return _SERVICE.WorkerServer(config)
+    return _serving(lambda: _SERVICE.WorkerServer(config), port)
+
+
+def _serving(start, port: int):
+    """`start()`, a server; TensorFlow's "Could not start gRPC server" (a port in use) as the user's one line."""
+    try:
+        return start()
+    except RuntimeError as e:
+        raise cli.InputError(f"--port={port}: {e} (is the port in use?)") from None

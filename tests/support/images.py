@@ -9,6 +9,7 @@ that identifies it even after a geometric warp.
 from __future__ import annotations
 
 import dataclasses
+import io
 from pathlib import Path
 
 import numpy as np
@@ -176,3 +177,25 @@ def noisy_gradient(size: tuple[int, int], seed: int = 0, noise: int = 12) -> np.
     planes = np.stack([cols / (width - 1), rows / (height - 1), (rows + cols) / (height + width - 2)], -1)
     jitter = np.random.default_rng(seed).integers(-noise, noise + 1, planes.shape)
     return np.clip(np.round(20 + planes * 215) + jitter, 0, 255).astype(np.uint8)
+
+
+def check_colour(image: np.ndarray, colour) -> None:
+    """Every pixel of a decoded flat image is within COLOUR_TOLERANCE of `colour`."""
+    diff = np.abs(image.astype(np.int16) - np.array(colour, np.int16))
+    assert diff.max() <= COLOUR_TOLERANCE, (diff.max(), colour, mean_colour(image))
+
+
+def add_bad_files(folder: Path) -> dict[str, str]:
+    """A zero-byte JPEG, a truncated JPEG and a text file named .jpg in `folder`.
+
+    Returns: file name -> a word the converter's skip reason must contain.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "empty.jpg").write_bytes(b"")
+    noise = np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, format="JPEG", quality=95)
+    data = buffer.getvalue()
+    (folder / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (folder / "notes.jpg").write_text("this is not an image\n")
+    return {"empty.jpg": "empty", "truncated.jpg": "decode", "notes.jpg": "not an image"}

@@ -79,3 +79,13 @@ def require_cat_dog_small() -> Path:
     if not CAT_DOG_SMALL.is_dir():
         pytest.skip(f"{CAT_DOG_SMALL} is absent")
     return CAT_DOG_SMALL
+
+
+def shard_files(records_dir) -> list[str]:
+    """The names of the shard files in `records_dir`, sorted."""
+    return sorted(name for name in os.listdir(records_dir) if ".tfrecord-" in name)
+
+
+def partial_folders(parent) -> list[str]:
+    """The conversions' scratch folders (`out_dir.SCRATCH_PREFIX`) left in `parent`."""
+    return [name for name in os.listdir(parent) if "-partial-" in name]
