@@ -3,7 +3,7 @@
     src/{split}/{class}/*          sources, walk      scan: files, labels, what is skipped and why
       -> shard plan                plan               seeded shuffle, shard names and sizes
       -> decode, normalise         imaging            worker processes: Pillow decode, RGB JPEG,
-                                   duplicates         and each source's fingerprint (SHA-256, pHash)
+                                   duplicates         and each source's fingerprint (SHA-256, thumbnail, pHash)
       -> encode, write shards      write              one Example per image, shards in planned order,
            by the local pool       local              each written whole by a worker (or by Beam: beam)
       -> duplicate pairs           duplicates         in plan order; with drop, later copies skipped

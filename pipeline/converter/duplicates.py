@@ -46,7 +46,7 @@ HASH_BITS = 64
 HASH_RADIUS = 14
 NUM_BANDS, BAND_BITS = 4, 16
 # The keys looked up per band: within 2 bits (137), and 3 of its 6 least certain bits (20).
-# All keys within 3 bits (697) found the same crops, at 5 times the index's time.
+# All keys within 3 bits (697) found the same crops, at 4 times the index's time.
 EXACT_BITS = 2
 UNCERTAIN_BITS = 6
 # Candidates judged per image, the closest hashes first: in a folder of one layout (a fixed

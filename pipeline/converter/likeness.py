@@ -25,15 +25,15 @@ from PIL import Image
 THUMBNAIL_SIZE = 24
 SAMPLE_SIZE = 192
 # The confirmation. Of 400 copies of each kind of the 2,000 photos (resized 80% at quality 80,
-# brightened 12%, cropped 4%, all three) `details` gave >= 0.55, `similarity` >= 0.81; of the
+# brightened 12%, cropped 4%, all three) `details` gave >= 0.54, `similarity` >= 0.77; of the
 # 1,823 pairs of distinct photos whose layouts (8x8 means) correlate >= 0.75, 2 reached 0.4
-# in `details` (<= 0.42) and none 0.5 in `similarity` (BUILD.md, "Duplicates").
+# in `details` (<= 0.43) and none 0.5 in `similarity` (BUILD.md, "Duplicates").
 GATE = 0.4
 SHIFT = 1  # pixels `details` moves a thumbnail either way: a crop of a few percent moves it about one
 SIMILARITY = 0.7
 HIGHPASS_SIGMA = 1.5  # thumbnail pixels: it keeps the details, which layouts alike do not share
 # Faint details count as much as one strong edge (which two photos of a wall and a dark
-# shape share): 24,000 quarters of the photos paired 25 times across photos, 0 so.
+# shape share): among 24,000 quarters of the photos, 25 pairs across photos without it, none so.
 SPREAD_SIGMA, FLOOR = 3.0, 0.1
 CROP_SCALES = (0.97, 0.94)  # windows: the whole side, and these fractions at its start, middle, end
 CONFIRM_LIMIT = 8  # candidates past the gate scored per image at most: bounds the cost (0.05 ms each)
@@ -87,7 +87,7 @@ def thumbnail(image: Image.Image) -> np.ndarray:
     if min(image.size) > SAMPLE_SIZE:  # 0.1-0.15 ms at any size, where a box filter of all took 0.3-12
         grey = image.resize((SAMPLE_SIZE, SAMPLE_SIZE), Image.Resampling.NEAREST).convert("L")
         small = grey.reduce(SAMPLE_SIZE // THUMBNAIL_SIZE)
-    else:
+    else:  # every pixel, by its area
         small = image.convert("L").resize((THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.Resampling.BOX)
     return np.frombuffer(small.tobytes(), np.uint8).reshape(THUMBNAIL_SIZE, THUMBNAIL_SIZE)
 
