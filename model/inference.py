@@ -82,7 +82,7 @@ def open_run(model_dir: str) -> TrainedRun:
     """The run in `model_dir`, from its run.json and results.json.
 
     Raises:
-      FileNotFoundError: no run.json: not a train.py model_dir.
+      cli.MissingError: no run.json: not a train.py model_dir.
       fileio.DamagedFileError: run.json does not read.
     """
     path = os.path.join(model_dir, run_dir.RUN_FILENAME)
@@ -198,7 +198,7 @@ def export_model(run: TrainedRun, model: keras.Model, path: str | None = None) -
       there is replaced whole.
 
     Raises:
-      ValueError: `path` holds something other than a SavedModel (left as it is).
+      cli.InputError: `path` holds something other than a SavedModel (left as it is).
     """
     path = path or os.path.join(run.model_dir, EXPORT_DIRNAME)
     image_size, stored_size, names = run.image_size, run.stored_size, tf.constant(run.class_names)

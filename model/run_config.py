@@ -37,7 +37,7 @@ class TrainConfig:
     """A training run: each field is a train.py flag of the same name, its help the field's documentation.
 
     Raises (on construction):
-      ValueError: a value out of its bounds, naming the flag; a required
+      cli.SettingError: a value out of its bounds, naming the flag; a required
         field unset; `backup_every_steps` with `data_service`; bad `profile_batches`.
     """
 

@@ -111,7 +111,7 @@ class ServiceInput:
         return f"tf.data service at {self.address.target} (dynamic sharding: each example once per epoch)"
 
     def check(self) -> None:
-        """ValueError naming --data_service unless its dispatcher answers."""
+        """cli.InputError naming --data_service unless its dispatcher answers."""
         service.check_reachable(self.address)
 
     def train_config(self, config: dataset.InputConfig) -> dataset.InputConfig:
@@ -160,7 +160,7 @@ def plan_run(
     `available_bytes`, default the memory available now), the input configs, the source.
 
     Raises:
-      ValueError: a --data_service that is no address.
+      cli.SettingError: a --data_service that is no address.
     """
     found = hardware.detect() if found is None else found
     config = run_config.resolve_augment_on(config, found)

@@ -214,7 +214,7 @@ def _save_results(
     if config.export:
         files["export"] = inference.export_model(run, model)
     result = run_dir.TrainResult(len(history), history[-1] if history else None, files, setup, test,
-                         records=fileio.absolute(config.records))  # evaluate.py may run from elsewhere
+                                 records=fileio.absolute(config.records))  # evaluate.py may run from elsewhere
     fileio.write_json(config.path("results.json"), result.to_json())
     return result
 
@@ -234,11 +234,11 @@ def train_and_evaluate(
     and after the test split's evaluation (`guard.HeldRecords`).
 
     Raises:
-      ValueError: no records, records without a train split, (as
-        run_dir.RunMismatchError) a model_dir that holds another run, (as
-        fileio.LockedError) records being converted or a model_dir in use, or
-        (as guard.RecordsChangedError) records replaced during the run.
-      FileNotFoundError: the records folder has no manifest.
+      cli.UserError, train.py's one-line errors: records missing, damaged, without a
+        train split or with shards missing (cli.MissingError, cli.InputError), a
+        model_dir that holds another run (run_dir.RunMismatchError), records being
+        converted or a model_dir in use (fileio.LockedError), records replaced during
+        the run (guard.RecordsChangedError), no dispatcher at --data_service.
     """
     remedy = "wait for that run to end, or pass another --model_dir"
     policy = keras.mixed_precision.global_policy()

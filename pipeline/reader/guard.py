@@ -84,7 +84,7 @@ def reading(records: str) -> Iterator[HeldRecords]:
 
     Raises:
       fileio.LockedError: a conversion is writing into it.
-      FileNotFoundError, ValueError: no manifest, or a damaged one (`schema.read_manifest`).
+      cli.MissingError, cli.InputError: no manifest, or a damaged one (`schema.read_manifest`).
     """
     with hold(records):
         yield HeldRecords(records, schema.read_manifest(records))

@@ -43,7 +43,7 @@ def read_records(
       deterministic: interleave the shards in a fixed order.
 
     Raises:
-      FileNotFoundError, ValueError: see `schema.read_manifest`; ValueError
+      cli.MissingError, cli.InputError: see `schema.read_manifest`; cli.InputError
         for a split the folder does not have.
       While iterating, tf.errors.InvalidArgumentError for a record count
       that is not the manifest's, tf.errors.DataLossError for a corrupted or

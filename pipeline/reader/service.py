@@ -66,7 +66,7 @@ class Address:
 
     @classmethod
     def parse(cls, url: str, flag: str = "--data_service") -> "Address":
-        """Parses `grpc://HOST:PORT` (or `HOST:PORT`); ValueError naming `flag` if it is not one."""
+        """Parses `grpc://HOST:PORT` (or `HOST:PORT`); cli.SettingError naming `flag` if it is not one."""
         rest = url.removeprefix("grpc://")
         host, _, port = rest.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -84,7 +84,7 @@ def local_address(server: _SERVICE.DispatchServer) -> Address:
 
 
 def check_reachable(address: Address, flag: str = "--data_service") -> None:
-    """ValueError naming `flag` unless the dispatcher accepts a connection within CONNECT_TIMEOUT_S.
+    """cli.InputError naming `flag` unless the dispatcher accepts a connection within CONNECT_TIMEOUT_S.
 
     TensorFlow's client retries a dispatcher it cannot reach without end, inside
     one C++ call: the process would hang, deaf to Ctrl-C and SIGTERM.
