@@ -16,13 +16,16 @@ import csv
 import dataclasses
 import io
 import os
+import select
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow's first import
 
+import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
@@ -65,6 +68,81 @@ def _stop_on_signals() -> Iterator[tuple[threading.Event, list[int]]]:
             signal.signal(signum, handler)
 
 
+# A run waiting on the service ends this long after SIGTERM or Ctrl-C if no batch came.
+STOP_GRACE_S = 3
+# Exit status of a run whose service input stalled: EX_TEMPFAIL, "try again later".
+INPUT_STALLED_STATUS = 75
+
+
+class _InputWatchdog(keras.callbacks.Callback):
+    """Ends a run on tf.data service whose batches stop coming: a lost worker or dispatcher.
+
+    A wait on the service is one C++ call (IteratorGetNext) that never returns
+    to the interpreter, so Python's signal handlers do not run in it. The C
+    handler still writes each signal's number to the wakeup fd: this thread
+    reads it there. Backups are written atomically, so ending the process with
+    os._exit keeps the last one usable.
+    """
+
+    def __init__(self, config: run_config.TrainConfig):
+        super().__init__()
+        self.config, self.last, self.armed = config, time.monotonic(), False
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._write, False)
+        self._done = threading.Event()
+
+    def _beat(self, *args, **kwargs) -> None:
+        self.last = time.monotonic()
+
+    on_train_batch_begin = on_train_batch_end = on_test_batch_end = on_epoch_begin = on_epoch_end = _beat
+
+    def on_train_begin(self, logs=None):
+        self.last, self.armed = time.monotonic(), True
+
+    def on_train_end(self, logs=None):
+        self.armed = False
+
+    def _end(self, line: str, status: int) -> None:
+        print(f"train.py: {line}", file=sys.stderr, flush=True)
+        os._exit(status)
+
+    def _watch(self) -> None:
+        signalled = None  # (signal number, when) of the first SIGTERM or Ctrl-C
+        while not self._done.is_set():
+            ready, _, _ = select.select([self._read], [], [], 0.5)
+            if ready and (byte := os.read(self._read, 1)) and signalled is None:
+                signalled = (byte[0], time.monotonic())
+            now = time.monotonic()
+            if not self.armed or self._done.is_set():
+                continue
+            if signalled and now - max(signalled[1], self.last) > STOP_GRACE_S:  # no batch since it
+                self._end(f"stopped by {signal.Signals(signalled[0]).name} while waiting for the tf.data service "
+                          "input: the last complete epoch is backed up; run the same command to resume",
+                          128 + signalled[0])
+            if now - self.last > self.config.input_timeout:
+                self._end(f"error: no training batch from the tf.data service at {self.config.data_service} for "
+                          f"{self.config.input_timeout} s (--input_timeout): a worker or the dispatcher is lost; "
+                          "restart it, then run the same command to resume at the last complete epoch",
+                          INPUT_STALLED_STATUS)
+
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[None]:
+        """Runs the watch thread; in the main thread, signals also reach it through the wakeup fd."""
+        main = threading.current_thread() is threading.main_thread()
+        kept = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False) if main else None
+        thread = threading.Thread(target=self._watch, name="input-watchdog", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            self._done.set()
+            thread.join()
+            if main:
+                signal.set_wakeup_fd(kept)
+            os.close(self._read)
+            os.close(self._write)
+
+
 def _stopped(config: run_config.TrainConfig, stopped: run_dir.Stopped, signum: int) -> int:
     """The one line a stopped run prints, and its exit status: 128 + the signal's number, as a shell shows it."""
     kept = (
@@ -81,9 +159,10 @@ _BACKUP_KEPT = "; the last backup is kept: run the same command to resume once t
 
 def _train(config: run_config.TrainConfig) -> int | None:
     try:
-        with _stop_on_signals() as (stop, received):
+        watchdog = _InputWatchdog(config) if config.data_service else None
+        with _stop_on_signals() as (stop, received), watchdog.watching() if watchdog else contextlib.nullcontext():
             try:
-                result = training.train_and_evaluate(config, stop)
+                result = training.train_and_evaluate(config, stop, (watchdog,) if watchdog else ())
             except run_dir.Stopped as stopped:
                 return _stopped(config, stopped, received[0])
     except tf.errors.DataLossError:  # its message names no file: find the damaged shard

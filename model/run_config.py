@@ -77,6 +77,10 @@ class TrainConfig:
         None,
         help="grpc://HOST:PORT of a tf.data service dispatcher whose workers prepare the training batches "
              "(start them with data_service.py; validation stays here). Default: prepare them in this process.")
+    input_timeout: int = cli.setting(
+        600, at_least=1,
+        help="With --data_service: seconds without a training batch (a lost worker or dispatcher) after which "
+             "the run ends with one line and exit status 75, its last backup kept.")
     profile_batches: tuple[int, int] | None = cli.setting(
         None, help="Write a TensorBoard profiler trace of training batches A to B (e.g. 10,20) to <model_dir>/logs.")
     seed: int = cli.setting(0, help="Seed of weights, shuffles and augmentation.")

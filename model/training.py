@@ -86,6 +86,9 @@ def describe_setup(plan: run_plan.RunPlan, strategy: tf.distribute.Strategy) -> 
         "augmentation": augmentation,
         "cache": plan.cache_reason,
         "input": plan.source.describe(),
+        # train.py's watchdog (model/commands.py): a lost worker or dispatcher ends the run, not a silent wait.
+        **({"input bound": f"{config.input_timeout} s without a training batch ends the run (--input_timeout)"}
+           if config.data_service else {}),
     }
 
 
@@ -145,7 +148,8 @@ def _finished_run(plan: run_plan.RunPlan) -> tuple[int, run_dir.TrainResult | No
 
 
 def _fit(
-    plan: run_plan.RunPlan, records: guard.HeldRecords, model: keras.Model, stop: threading.Event | None
+    plan: run_plan.RunPlan, records: guard.HeldRecords, model: keras.Model, stop: threading.Event | None,
+    progress: tuple[keras.callbacks.Callback, ...] = (),
 ) -> None:
     """model.fit on the run's training batches from its backup, validating on the validation split if any.
 
@@ -165,7 +169,7 @@ def _fit(
     batches = plan.batches(epoch, step)
     backup = run_dir.Backup(config.path("backup"), config.backup_every_steps, stop, resume if step else None,
                             mid_epoch=plan.source.mid_epoch, check=lambda: records.check(_records_remedy(config)))
-    first, *others = [*_callbacks(config, backup), *batches.callbacks]
+    first, *others = [*_callbacks(config, backup), *batches.callbacks, *progress]
     val_ds = run_plan.validation_batches(plan)
 
     def fit(data: tf.data.Dataset, epochs: tuple[int, int], steps: int | None = None) -> None:
@@ -220,12 +224,14 @@ def _save_results(
 
 
 def train_and_evaluate(
-    config: run_config.TrainConfig, stop: threading.Event | None = None
+    config: run_config.TrainConfig, stop: threading.Event | None = None,
+    progress: tuple[keras.callbacks.Callback, ...] = (),
 ) -> run_dir.TrainResult:
     """Trains (or resumes training), saves everything listed in the module doc.
 
     `stop`, once set (train.py sets it on SIGTERM and Ctrl-C), ends training
     at the next batch, with a backup of that batch: run_dir.Stopped.
+    `progress`: callbacks added to every fit (train.py's input watchdog).
 
     The records are held shared while the run reads them (a conversion into
     them is refused), their manifest read once (`guard.reading`) and the run
@@ -248,12 +254,15 @@ def train_and_evaluate(
             _check_records(plan)
             fileio.makedirs(config.model_dir)
             with fileio.held(config.model_dir, remedy):
-                return _train(plan, records, stop)
+                return _train(plan, records, stop, progress)
     finally:  # a run sets the global precision policy; its caller gets its own back
         keras.mixed_precision.set_global_policy(policy)
 
 
-def _train(plan: run_plan.RunPlan, records: guard.HeldRecords, stop: threading.Event | None) -> run_dir.TrainResult:
+def _train(
+    plan: run_plan.RunPlan, records: guard.HeldRecords, stop: threading.Event | None,
+    progress: tuple[keras.callbacks.Callback, ...] = (),
+) -> run_dir.TrainResult:
     """train_and_evaluate, with the records and the model_dir held."""
     config = plan.config
     done, finished = _finished_run(plan)
@@ -276,5 +285,5 @@ def _train(plan: run_plan.RunPlan, records: guard.HeldRecords, stop: threading.E
     ):
         pictures.save_input_pictures(config.model_dir, config.records, plan.manifest, plan.train_input,
                                      plan.eval_input, config.seed)
-    _fit(plan, records, model, stop)
+    _fit(plan, records, model, stop, progress)
     return _save_results(plan, records, model, setup)

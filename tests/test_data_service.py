@@ -2,7 +2,7 @@
 
 The workers are `python data_service.py` processes, which a test kills by PID;
 the dispatcher runs in this process (`service.start_dispatcher`, what
-data_service.py runs). Every server listens on a free port and is addressed at
+data_service.py runs), but for the test that kills it: there it is a process too. Every server listens on a free port and is addressed at
 127.0.0.1 only; TF 2.21's servers bind every interface (they take no address).
 """
 
@@ -17,9 +17,11 @@ import threading
 from collections import Counter
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.python.data.experimental.ops import testing as tf_testing
 
 from support import cli
 from support import processes
@@ -31,6 +33,7 @@ from pipeline.reader import augment, dataset, service
 from model import pictures
 from model import run_config
 from model import run_plan
+from model import training
 from model.commands import TRAIN
 from pipeline.reader.commands import DATA_SERVICE
 
@@ -40,16 +43,13 @@ COUNTS = {"train": {"cats": 14, "dogs": 13}, "validation": {"cats": 3, "dogs": 3
 
 
 class Cluster:
-    """A dispatcher in this process and its workers, each a `python data_service.py` process."""
+    """A dispatcher in this process (or the one at `address`) and workers, each a `python data_service.py` process."""
 
-    def __init__(self):
-        self.dispatcher = service.start_dispatcher(port=0)
+    def __init__(self, address: str | None = None):
+        self.dispatcher = None if address else service.start_dispatcher(port=0)
+        self.address = address or service.local_address(self.dispatcher).target
         self.processes: dict[str, processes.Process] = {}
         self.worker_ports: dict[str, int] = {}
-
-    @property
-    def address(self) -> str:
-        return service.local_address(self.dispatcher).target
 
     def _start(self, name: str, *args: str) -> None:
         process = processes.start("data_service.py", *args)
@@ -79,7 +79,8 @@ class Cluster:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 ended[name] = process.wait(timeout=10)
             process.__exit__()  # kills one still running
-        self.dispatcher.stop()
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
         assert ended == {name: -signal.SIGINT for name in self.processes}, ended
 
 
@@ -172,6 +173,7 @@ def test_train_py_trains_through_the_service(tree_and_records, cluster, tmp_path
                      "--nopictures")
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"tf.data service at {cluster.address}" in result.stderr
+    assert "input bound   600 s without a training batch ends the run (--input_timeout)" in result.stderr
     history = json.loads((model_dir / "history.json").read_text())
     assert [entry["epoch"] for entry in history] == [0, 1]
     assert all(0.0 <= entry["val_accuracy"] <= 1.0 for entry in history)  # validation ran locally
@@ -245,3 +247,124 @@ def test_an_unreachable_dispatcher_is_one_line_not_a_hang(tree_and_records, tmp_
     assert worker.returncode == 1
     assert worker.stderr.strip().splitlines()[-1] == f"data_service.py: error: --dispatcher: {said}"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # this process's Ctrl-C untouched
+
+
+class DispatcherProcess:
+    """`python data_service.py --role=dispatcher` with a journal in `work_dir`, killed and restarted by PID."""
+
+    def __init__(self, work_dir: Path):
+        self.port, self.work_dir = processes.free_port(), work_dir
+        self.process = self._start()
+
+    @property
+    def address(self) -> str:
+        return f"grpc://127.0.0.1:{self.port}"
+
+    def _start(self) -> processes.Process:
+        process = processes.start("data_service.py", "--role=dispatcher", f"--port={self.port}",
+                                  f"--work_dir={self.work_dir}")
+        assert "listening on port" in next(process.lines(), ""), process.output()
+        return process
+
+    def kill_and_restart(self) -> None:
+        """kill -9, then a new dispatcher on the same port and work_dir (it replays its journal)."""
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.__exit__()
+        self.process = self._start()
+
+    def stop(self) -> None:
+        self.process.__exit__()  # SIGKILL: a dispatcher keeps nothing but its journal
+
+
+class _AtBatch(keras.callbacks.Callback):
+    """Calls `act` once, at the end of batch `batch` of epoch `epoch`: mid-epoch, in train.py's own fit."""
+
+    def __init__(self, epoch: int, batch: int, act):
+        super().__init__()
+        self.at, self.act, self.epoch, self.done = (epoch, batch), act, None, False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (self.epoch, batch) == self.at and not self.done:
+            self.done = True
+            self.act()
+
+
+def test_a_dispatcher_killed_mid_epoch_and_restarted_lets_train_py_finish(tree_and_records, tmp_path, monkeypatch):
+    """Fault-tolerant mode: the restarted dispatcher replays its journal; the trainer and the worker reconnect."""
+    _, records = tree_and_records
+    dispatcher = DispatcherProcess(tmp_path / "journal")
+    cluster = Cluster(dispatcher.address)
+    kill = _AtBatch(epoch=1, batch=2, act=dispatcher.kill_and_restart)
+    made = training._callbacks
+    monkeypatch.setattr(training, "_callbacks", lambda *args: [*made(*args), kill])
+    try:
+        cluster.start_worker("worker-1")
+        result = cli.run(TRAIN, f"--records={records}", f"--model_dir={tmp_path / 'run'}",
+                         f"--data_service={dispatcher.address}", "--batch_size=4", "--image_size=24", "--epochs=3",
+                         "--noexport", "--nopictures")
+    finally:
+        cluster.stop()
+        dispatcher.stop()
+    assert kill.done and result.returncode == 0, result.stderr[-3000:]
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [entry["epoch"] for entry in history] == [0, 1, 2]
+
+
+def test_a_worker_added_mid_epoch_is_given_work_and_the_epoch_holds_each_element_once(tmp_path):
+    """Dynamic sharding hands the rest of the epoch's splits to whichever workers there are, the new one too."""
+    cluster = Cluster()
+    try:
+        cluster.start_worker("worker-1")
+        slow = tf.data.Dataset.range(120).apply(tf_testing.sleep(40_000)).batch(4)  # 40 ms an element: ~5 s alone
+        ds = service.distribute(slow, service.Address.parse(cluster.address))
+        seen, stream = [], iter(ds)
+        seen.append(next(stream).numpy())
+        # In this process, while worker-1 is mid-epoch: its task count says it took part.
+        added = service.start_worker(service.Address.parse(cluster.address), processes.free_port(), "127.0.0.1")
+        seen += [x.numpy() for x in stream]
+        workers, tasks = cluster.dispatcher._num_workers(), added._num_tasks()
+        added.stop()
+    finally:
+        cluster.stop()
+    assert workers == 2 and tasks == 1
+    assert sorted(np.concatenate(seen).tolist()) == list(range(120))
+
+
+def test_a_lost_worker_ends_the_wait_in_one_line_sigterm_too_and_the_same_command_resumes(tree_and_records, tmp_path):
+    """The worker dies before the job starts and is not replaced: each trainer would wait without end.
+
+    One run hits its short --input_timeout (exit 75, one line); another, waiting
+    with the default bound, gets SIGTERM and ends within seconds, though the wait
+    is a C++ call where Python's handler never runs. The same command, with the
+    worker back at its address, trains.
+    """
+    _, records = tree_and_records
+    cluster = Cluster()
+    try:
+        cluster.start_worker("worker-1")
+        cluster.kill("worker-1")  # the dispatcher still lists it: the jobs' tasks go to it
+        common = (f"--records={records}", f"--data_service={cluster.address}", "--batch_size=4", "--image_size=24",
+                  "--epochs=2", "--noexport", "--nopictures")
+        bounded = (*common, f"--model_dir={tmp_path / 'bounded'}", "--input_timeout=6")
+        with processes.start("train.py", *bounded) as timed_out, \
+                processes.start("train.py", *common, f"--model_dir={tmp_path / 'termed'}") as termed:
+            processes.wait_until(termed, lambda: "Epoch 1/2" in termed.output()[0], "its first epoch")
+            os.kill(termed.pid, signal.SIGTERM)
+            assert termed.wait(timeout=30) == 128 + signal.SIGTERM
+            assert timed_out.wait(timeout=60) == 75
+            termed_lines, timed_out_lines = (processes.our_lines(p.output()[1]) for p in (termed, timed_out))
+        assert termed_lines[-1] == ("train.py: stopped by SIGTERM while waiting for the tf.data service input: the "
+                                    "last complete epoch is backed up; run the same command to resume")
+        assert timed_out_lines[-1] == (
+            f"train.py: error: no training batch from the tf.data service at {cluster.address} for 6 s "
+            "(--input_timeout): a worker or the dispatcher is lost; restart it, then run the same command to resume "
+            "at the last complete epoch")
+        cluster.start_worker("worker-1", cluster.worker_ports["worker-1"])
+        resumed = cli.run(TRAIN, *bounded)
+    finally:
+        cluster.stop()
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [entry["epoch"] for entry in json.loads((tmp_path / "bounded" / "history.json").read_text())] == [0, 1]

@@ -19,16 +19,19 @@ the manifest, TFDS metadata, verification and swap stay the local
 path's (`conversion.convert_folder`), and the
 encoding and writing of a shard are `write`, which the local runner uses too.
 
-Runs on the DirectRunner's FnApiRunner here (one process per `workers`); any other runner
-takes its options from `options`, the `tfds build --beam_pipeline_options`
-format, e.g. `("runner=DataflowRunner", "project=p", "region=r")`. A remote
-runner's workers must reach `--src` and `--out`, so both are bucket URLs there.
+Runs on the DirectRunner's FnApiRunner here (one process per `workers`); on a
+Dask cluster with `--dask_scheduler` (Beam's DaskRunner, one partition per
+shard); any other runner takes its options from `options`, the `tfds build
+--beam_pipeline_options` format, e.g. `("runner=DataflowRunner", "project=p",
+"region=r")`. A remote runner's workers must reach `--src` and `--out`, so both
+are bucket URLs (or a shared filesystem) there.
 
-Needs the `beam` extra: `pip install -e '.[beam]'`.
+Needs the `beam` extra: `pip install -e '.[beam]'`; on Dask the `dask` extra.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -48,15 +51,29 @@ except ImportError:  # an optional extra: say how to get it when it is asked for
     beam = None
 
 
-def pipeline_options_from(options: Sequence[str], workers: int) -> "pipeline_options.PipelineOptions":
+# `--runner=DaskRunner` is refused by Beam 2.78: the dotted name only.
+DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
+
+
+def pipeline_options_from(
+    options: Sequence[str], workers: int, dask_scheduler: str | None = None, partitions: int = 1
+) -> "pipeline_options.PipelineOptions":
     """Beam options from `key=value` strings; the local FnApiRunner on `workers` processes by default.
 
     Args:
       options: e.g. ("runner=DataflowRunner", "project=p"); a bare key is a
         boolean flag (e.g. "save_main_session").
       workers: processes of the DirectRunner, when no runner is named.
+      dask_scheduler: a Dask scheduler's address (tcp://HOST:8786): Beam's DaskRunner on it.
+      partitions: Dask bag partitions (the plan's shards) unless `options` size them.
     """
     flags = [f"--{option.strip()}" for option in options if option.strip()]
+    if dask_scheduler:
+        # Dask's default 128 elements a partition put a few shards on one worker;
+        # Reshuffle is a no-op there, so a partition per shard is what spreads the work.
+        sized = any(flag.startswith(("--dask_npartitions", "--dask_partition_size")) for flag in flags)
+        dask = [f"--runner={DASK_RUNNER}", f"--dask_client_address={dask_scheduler}"]
+        flags = dask + ([] if sized else [f"--dask_npartitions={max(partitions, 1)}"]) + flags
     if not any(flag.startswith("--runner=") for flag in flags):
         # The DirectRunner's batch engine itself: "DirectRunner" would first
         # try to download its Prism runner from GitHub. Processes, not
@@ -112,6 +129,47 @@ def build_pipeline(root: "beam.Pipeline", shards: Sequence[plan.Shard], writer: 
     )
 
 
+def _killed_worker() -> tuple[type[BaseException], ...]:
+    """Dask's error for a task whose workers all died, or () without Dask (it catches nothing)."""
+    try:
+        from distributed import KilledWorker
+    except ImportError:
+        return ()
+    return (KilledWorker,)
+
+
+def _run(
+    options: "pipeline_options.PipelineOptions", shards: Sequence[plan.Shard], writer: write.ShardWriter,
+    dask_scheduler: str | None,
+) -> None:
+    """Runs the pipeline to its end, then closes a Dask runner's client (Beam's runner never does).
+
+    Raises:
+      rules.ConversionError: no Dask scheduler at `dask_scheduler`, or Dask gave up on a task
+        whose workers kept dying.
+    """
+    root = beam.Pipeline(options=options)
+    try:
+        with root:  # runs and waits on exit
+            build_pipeline(root, shards, writer)
+    except OSError as e:
+        if not dask_scheduler or getattr(root, "result", None) is not None:
+            raise  # not the connection: a worker's error keeps its traceback
+        raise rules.ConversionError(
+            f"no Dask scheduler reached at --dask_scheduler={dask_scheduler} ({e}): start it "
+            "(dask scheduler) or correct the address") from None
+    except _killed_worker() as e:
+        # Dask reran the task on other workers (distributed.scheduler.allowed-failures) and they died too.
+        raise rules.ConversionError(
+            f"Dask gave up on task {e.task!r} after {e.allowed_failures + 1} of its workers died running it "
+            f"(the last {e.last_worker.address}); nothing in --out changed: see the workers' logs "
+            "(out of memory?), then run the same command") from None
+    finally:
+        client = getattr(getattr(root, "result", None), "client", None)
+        if client is not None:
+            client.close()
+
+
 def write_splits(
     config: config_lib.ConversionConfig,
     planned: plan.ConversionPlan,
@@ -129,14 +187,17 @@ def write_splits(
       the skipped files (the scan's, then the decoders', in plan order).
 
     Raises:
-      rules.ConversionError: apache-beam is not installed.
+      rules.ConversionError: apache-beam (or, for `config.dask_scheduler`, dask) is not installed.
     """
     if beam is None:
         raise rules.ConversionError("--runner=beam needs Apache Beam: pip install -e '.[beam]'")
+    if config.dask_scheduler and importlib.util.find_spec("distributed") is None:
+        raise rules.ConversionError("--dask_scheduler needs Dask: pip install -e '.[beam,dask]'")
     shards = list(planned.shards())
     writer = write.ShardWriter(scratch, planned.class_names, write.Encoding.of(config))
-    with beam.Pipeline(options=pipeline_options_from(config.beam_pipeline_options, config.num_workers)) as root:
-        build_pipeline(root, shards, writer)
+    options = pipeline_options_from(
+        config.beam_pipeline_options, config.num_workers, config.dask_scheduler, partitions=len(shards))
+    _run(options, shards, writer, config.dask_scheduler)
     results = resume.read_results(scratch, [shard.filename for shard in shards])
     missing = [shard.filename for shard in shards if shard.filename not in results]
     if missing:

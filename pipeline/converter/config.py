@@ -107,6 +107,10 @@ class ConversionConfig:
         (),
         help="With --runner=beam: Beam options as key=value, comma separated, as tfds build takes them, "
              "e.g. runner=DataflowRunner,project=p,region=r. Default: the DirectRunner on --workers processes.")
+    dask_scheduler: str | None = cli.setting(
+        None,
+        help="With --runner=beam: run the pipeline on this Dask cluster, its scheduler's address "
+             "(tcp://HOST:8786; Beam's DaskRunner, needs the dask extra). Workers must reach --src and --out.")
     show_progress: bool = cli.setting(False, help="Draw a progress bar on stderr.", flag=False)
 
     # The fields that decide the records' bytes: what --resume compares.
@@ -132,6 +136,11 @@ class ConversionConfig:
             raise ConversionError(f"--image_size must be at least 1, got {self.image_size}")
         if self.resume and self.runner is Runner.BEAM:
             raise ConversionError("--resume is not supported with --runner=beam (only with the local runner)")
+        if self.dask_scheduler and self.runner is not Runner.BEAM:
+            raise ConversionError("--dask_scheduler needs --runner=beam")
+        if self.dask_scheduler and any(o.strip().startswith("runner=") for o in self.beam_pipeline_options):
+            raise ConversionError("--dask_scheduler names the runner (Beam's DaskRunner): "
+                                  "drop runner= from --beam_pipeline_options")
         if self.duplicates is duplicates_lib.DuplicateMode.DROP and self.runner is Runner.BEAM:
             raise ConversionError("--duplicates=drop is not supported with --runner=beam (only with the local runner): "
                                   "--duplicates=report lists them")

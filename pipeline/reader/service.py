@@ -15,7 +15,10 @@ the shards it was reading are not handed out again in that epoch: the epoch
 ends short by what it had not yet delivered (at-most-once visitation), and the
 next epoch is whole. A worker that never comes back stalls the trainer: in TF
 2.21 the dispatcher did not hand its tasks on (BUILD.md, failure behaviour),
-so run workers under a supervisor that restarts them.
+so run workers under a supervisor that restarts them; train.py ends such a
+wait after --input_timeout with one line. A dispatcher with a work_dir
+(fault-tolerant mode) killed and restarted on the same port and work_dir
+replays its journal: trainers and workers reconnect, the run goes on.
 """
 
 from __future__ import annotations
