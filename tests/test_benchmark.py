@@ -364,7 +364,7 @@ def test_the_training_rows_take_train_py_s_input_for_the_same_flags(split_record
     manifest = schema.read_manifest(str(records_dir))
     given = []
 
-    def captured(config, stop=None):
+    def captured(config, stop=None, progress=()):
         given.append(config)
         return run_dir.TrainResult(1, None, {}, {}, already_complete=True)
 
