@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 from collections.abc import Iterator
@@ -58,6 +59,11 @@ class HeldRecords:
     path: str
     manifest: schema.Manifest
 
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """`fingerprint(manifest)`, once: every check compares the folder's with it."""
+        return fingerprint(self.manifest)
+
     def check(self, remedy: str) -> None:
         """Refuses to go on if the folder now holds other records than `manifest`.
 
@@ -71,9 +77,9 @@ class HeldRecords:
             now = fingerprint(schema.read_manifest(self.path))
         except (FileNotFoundError, ValueError):
             now = "none"  # gone or half-written: not the set this run read
-        if now != (then := fingerprint(self.manifest)):
+        if now != self.fingerprint:
             raise RecordsChangedError(
-                f"{self.path} was replaced while this run read it (manifest fingerprint {then} -> {now}), "
+                f"{self.path} was replaced while this run read it (manifest fingerprint {self.fingerprint} -> {now}), "
                 f"by a conversion into it or a copy over it: {remedy}"
             )
 
