@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 
@@ -78,7 +79,7 @@ def test_identity_parameters_give_the_identity_matrix_and_warp():
     host = augment.warp_on_host(tf.constant(batch), matrices)
     assert host.dtype == tf.uint8
     np.testing.assert_array_equal(host.numpy(), batch)
-    device = augment.warp_with_tensorflow(tf.constant(batch), matrices)
+    device = augment.warp_on_device(tf.constant(batch, tf.float32), matrices)
     assert device.dtype == tf.float32
     np.testing.assert_array_equal(device.numpy(), batch.astype(np.float32))
     kernel = augment.warp_uint8_with_tensorflow(tf.constant(batch), matrices)
@@ -139,7 +140,7 @@ def test_host_and_device_warps_match_keras(keras_generator, params):
 
     unit = image.astype(np.float64) / 255.0
     expected_unit = keras_generator.apply_transform(unit, params)
-    device = augment.warp_with_tensorflow(tf.constant(unit[None], tf.float32), matrices).numpy()[0]
+    device = augment.warp_on_device(tf.constant(unit[None], tf.float32), matrices).numpy()[0]
     assert np.abs(device - expected_unit).max() < 1e-3
     # The warp did something (the comparison is not between two copies).
     assert np.abs(expected - image).mean() > 1.0
@@ -158,7 +159,7 @@ def test_shifts_and_flips_match_keras_on_non_square_images(keras_generator, para
     for warp in (augment.warp_on_host, augment.warp_uint8_with_tensorflow):
         host = warp(tf.constant(image[None]), matrices).numpy()[0]
         np.testing.assert_allclose(host, expected, atol=1.0, err_msg=warp.__name__)
-    device = augment.warp_with_tensorflow(tf.constant(image[None]), matrices).numpy()[0]
+    device = augment.warp_on_device(tf.constant(image[None], tf.float32), matrices).numpy()[0]
     np.testing.assert_allclose(device, expected, atol=1e-3)
 
 
@@ -186,7 +187,7 @@ def test_tensorflow_host_warp_is_the_gather_sampler_rounded(size):
     config = dataclasses.replace(augment.NOTEBOOK_AUGMENTATION, rotation_range=45.0, zoom_range=0.3)
     matrices = augment.random_affine(6, height, width, config, tf.constant([8, 9]))
     kernel = augment.warp_uint8_with_tensorflow(tf.constant(batch), matrices).numpy().astype(np.float32)
-    gather = augment.warp_with_tensorflow(tf.constant(batch), matrices).numpy()
+    gather = augment.warp_on_device(tf.constant(batch, tf.float32), matrices).numpy()
     assert np.abs(kernel - gather).max() <= 0.5 + 1e-3  # rounding only
     assert np.abs(kernel - batch).mean() > 5  # warped: not two copies of the input
 
@@ -199,7 +200,7 @@ def test_half_turn_about_the_centre_is_both_flips_on_non_square_images():
     for warp in (augment.warp_on_host, augment.warp_uint8_with_tensorflow):
         np.testing.assert_array_equal(warp(tf.constant(image), flipped).numpy(), image[:, ::-1, ::-1])
     np.testing.assert_allclose(
-        augment.warp_with_tensorflow(tf.constant(image), turned).numpy(),
+        augment.warp_on_device(tf.constant(image, tf.float32), turned).numpy(),
         image[:, ::-1, ::-1].astype(np.float32), atol=1e-2,
     )
 
@@ -208,19 +209,34 @@ def test_host_and_device_warps_agree_on_random_transforms():
     batch = np.stack([_smooth_image(32, 32, s) for s in range(8)])
     matrices = augment.random_affine(8, 32, 32, augment.NOTEBOOK_AUGMENTATION, tf.constant([5, 6]))
     host = augment.warp_on_host(tf.constant(batch), matrices).numpy().astype(np.float32)
-    device = augment.warp_with_tensorflow(tf.constant(batch), matrices).numpy()
+    device = augment.warp_on_device(tf.constant(batch, tf.float32), matrices).numpy()
     assert np.abs(host - device).mean() < 1.0
     assert np.abs(host - device).max() <= 2.0
 
 
 # --------------------------------------------------------------------------
-# random_affine draws within the configured ranges.
+# The draws, host (stateless TensorFlow) and device (Keras seed generator), within the configured ranges.
 
 
-def test_random_affine_stays_within_notebook_ranges():
+def _host_draws(n: int, height: int, width: int, config: augment.AugmentationConfig, seed: int) -> np.ndarray:
+    """float32 [n, 2, 3] from `random_affine` (tf.data's draws)."""
+    return augment.random_affine(n, height, width, config, tf.constant([seed, seed + 1])).numpy()
+
+
+def _device_draws(n: int, height: int, width: int, config: augment.AugmentationConfig, seed: int) -> np.ndarray:
+    """float32 [n, 2, 3] from `random_affine_keras` (the layer's draws, on the session's backend)."""
+    generator = keras.random.SeedGenerator(seed)
+    return keras.ops.convert_to_numpy(augment.random_affine_keras(n, height, width, config, generator))
+
+
+DRAWS = [pytest.param(_host_draws, id="host"), pytest.param(_device_draws, id="device", marks=pytest.mark.backends)]
+
+
+@pytest.mark.parametrize("draw", DRAWS)
+def test_random_affine_stays_within_notebook_ranges(draw):
     n, height, width = 4000, 150, 150
     config = augment.NOTEBOOK_AUGMENTATION
-    matrices = augment.random_affine(n, height, width, config, tf.constant([11, 12])).numpy()
+    matrices = draw(n, height, width, config, 11)
     assert matrices.shape == (n, 2, 3) and matrices.dtype == np.float32
 
     det = matrices[:, 0, 0] * matrices[:, 1, 1] - matrices[:, 0, 1] * matrices[:, 1, 0]
@@ -245,13 +261,14 @@ def test_random_affine_stays_within_notebook_ranges():
     assert 0.2 < (flip_x & flip_y).mean() < 0.3
 
 
-def test_random_affine_respects_other_ranges_on_non_square_images():
+@pytest.mark.parametrize("draw", DRAWS)
+def test_random_affine_respects_other_ranges_on_non_square_images(draw):
     n, height, width = 3000, 40, 100
     config = augment.AugmentationConfig(
         rotation_range=5.0, width_shift_range=0.2, height_shift_range=0.05, zoom_range=0.3,
         horizontal_flip=False, vertical_flip=True,
     )
-    matrices = augment.random_affine(n, height, width, config, tf.constant([0, 1])).numpy()
+    matrices = draw(n, height, width, config, 0)
     angle, shift_x, shift_y, zoom_x, zoom_y, flip_x, flip_y = _decompose(matrices, height, width)
     assert np.all(np.abs(np.degrees(angle)) <= 5.0 + 1e-3)
     assert np.abs(np.degrees(angle)).max() > 4.8
@@ -311,48 +328,212 @@ def test_the_two_host_warps_agree_to_rounding():
     assert np.abs(opencv - batch.numpy()).mean() > 5  # both warped: not two copies of the input
 
 
-def test_warp_with_tensorflow_compiles_with_xla():
-    batch = tf.constant(np.stack([_smooth_image(16, 16, s) for s in range(2)]), tf.float32)
-    matrices = augment.random_affine(2, 16, 16, augment.NOTEBOOK_AUGMENTATION, tf.constant([2, 3]))
-    compiled = tf.function(augment.warp_with_tensorflow, jit_compile=True)
-    np.testing.assert_allclose(
-        compiled(batch, matrices).numpy(),
-        augment.warp_with_tensorflow(batch, matrices).numpy(),
-        atol=1e-3,
-    )
+# --------------------------------------------------------------------------
+# The device sampler (Keras ops) against the TF-ops sampler it replaced.
+
+
+def warp_with_tensorflow(images: tf.Tensor, matrices: tf.Tensor) -> tf.Tensor:
+    """The device layer's TF-ops gather sampler before issue #31: the reference for `warp_on_device`.
+
+    Args:
+      images: [B, H, W, C] with static H, W; any real dtype.
+      matrices: float32 [B, 2, 3], output->input, see `compose_affine`.
+
+    Returns:
+      float32 [B, H, W, C].
+    """
+    height, width = images.shape[1], images.shape[2]
+    batch = tf.shape(images)[0]
+    ys, xs = tf.meshgrid(tf.range(height, dtype=tf.float32), tf.range(width, dtype=tf.float32), indexing="ij")
+    grid = tf.stack([xs, ys, tf.ones_like(xs)], axis=-1)  # [H, W, 3]
+    source = tf.einsum("hwk,bjk->bhwj", grid, tf.cast(matrices, tf.float32))  # [B, H, W, 2]
+    src_x = tf.clip_by_value(source[..., 0], 0.0, width - 1.0)
+    src_y = tf.clip_by_value(source[..., 1], 0.0, height - 1.0)
+    x0, y0 = tf.floor(src_x), tf.floor(src_y)
+    wx, wy = (src_x - x0)[..., None], (src_y - y0)[..., None]
+    x0, y0 = tf.cast(x0, tf.int32), tf.cast(y0, tf.int32)
+    x1, y1 = tf.minimum(x0 + 1, width - 1), tf.minimum(y0 + 1, height - 1)
+    flat = tf.reshape(tf.cast(images, tf.float32), [-1, images.shape[-1]])
+    offset = tf.reshape(tf.range(batch) * (height * width), [-1, 1, 1])
+
+    def pixels(y, x):
+        return tf.gather(flat, offset + y * width + x)
+
+    top = pixels(y0, x0) * (1.0 - wx) + pixels(y0, x1) * wx
+    bottom = pixels(y1, x0) * (1.0 - wx) + pixels(y1, x1) * wx
+    return top * (1.0 - wy) + bottom * wy
+
+
+def _xla(function):
+    """`function` compiled by XLA on the session's backend: jax.jit, or tf.function(jit_compile=True)."""
+    if keras.backend.backend() == "jax":
+        import jax  # installed with the `.[jax]` extra; imported in the JAX session only
+
+        return jax.jit(function)
+    return tf.function(function, jit_compile=True)
+
+
+@pytest.mark.backends
+def test_device_sampler_equals_the_tensorflow_warp():
+    """The same images and matrices (a quarter of the samples outside the image: edges repeat), eager and XLA."""
+    height, width = 24, 36
+    images = np.stack([_smooth_image(height, width, s) for s in range(6)]).astype(np.float32) / 255.0
+    config = augment.AugmentationConfig(
+        rotation_range=45.0, width_shift_range=0.2, height_shift_range=0.2, zoom_range=0.3)
+    matrices = _host_draws(6, height, width, config, 8)
+    expected = warp_with_tensorflow(tf.constant(images), tf.constant(matrices)).numpy()
+    for warp in (augment.warp_on_device, _xla(augment.warp_on_device)):
+        warped = keras.ops.convert_to_numpy(warp(images, matrices))
+        assert warped.dtype == np.float32
+        # The positions are summed in another order (einsum there): float32 rounding moves them
+        # by a few 1e-6 pixel, values in [0, 1] by less (1.3e-6 at most here, on both backends).
+        np.testing.assert_allclose(warped, expected, rtol=0, atol=1e-5)
+    assert np.abs(expected - images).mean() > 0.02  # warped: not two copies of the input
 
 
 # --------------------------------------------------------------------------
-# DeviceAugmentation.
+# DeviceAugmentation, on the session's backend.
 
 
 def _unit_batch(n=4, size=24) -> np.ndarray:
     return np.stack([_smooth_image(size, size, s) for s in range(n)]).astype(np.float32) / 255.0
 
 
+def _numpy(tensor) -> np.ndarray:
+    """A backend tensor as float32 numpy (bfloat16 has no numpy dtype of its own)."""
+    return keras.ops.convert_to_numpy(keras.ops.cast(tensor, "float32"))
+
+
+@pytest.mark.backends
 def test_device_augmentation_only_in_training():
     layer = augment.DeviceAugmentation(seed=1)
-    images = tf.constant(_unit_batch())
+    images = _unit_batch()
     for training in (False, None):
-        np.testing.assert_array_equal(layer(images, training=training).numpy(), images.numpy())
+        np.testing.assert_array_equal(_numpy(layer(images, training=training)), images)
     augmented = layer(images, training=True)
-    assert augmented.shape == images.shape and augmented.dtype == tf.float32
-    diff = np.abs(augmented.numpy() - images.numpy()).mean(axis=(1, 2, 3))
+    assert tuple(augmented.shape) == images.shape
+    assert keras.backend.standardize_dtype(augmented.dtype) == "float32"
+    augmented = _numpy(augmented)
+    diff = np.abs(augmented - images).mean(axis=(1, 2, 3))
     assert np.all(diff > 1e-3)  # every image changed
     # Interpolation and edge repetition stay within the input range.
-    assert augmented.numpy().min() >= images.numpy().min() - 1e-6
-    assert augmented.numpy().max() <= images.numpy().max() + 1e-6
+    assert augmented.min() >= images.min() - 1e-6
+    assert augmented.max() <= images.max() + 1e-6
     # New transforms on every call.
-    assert not np.array_equal(layer(images, training=True).numpy(), augmented.numpy())
+    assert not np.array_equal(_numpy(layer(images, training=True)), augmented)
 
 
+@pytest.mark.backends
 def test_device_augmentation_seed():
-    images = tf.constant(_unit_batch())
-    first = augment.DeviceAugmentation(seed=5)(images, training=True).numpy()
-    again = augment.DeviceAugmentation(seed=5)(images, training=True).numpy()
-    other = augment.DeviceAugmentation(seed=6)(images, training=True).numpy()
-    np.testing.assert_array_equal(first, again)
-    assert not np.array_equal(first, other)
+    images = _unit_batch()
+
+    def augmented(seed: int) -> np.ndarray:
+        return _numpy(augment.DeviceAugmentation(seed=seed)(images, training=True))
+
+    first = augmented(5)
+    np.testing.assert_array_equal(first, augmented(5))
+    assert not np.array_equal(first, augmented(6))
+
+
+@dataclasses.dataclass(frozen=True)
+class _OneStep:
+    """One compiled fit step of DeviceAugmentation then `features`, a seeded conv-pool-dense.
+
+    Attributes:
+      before, after: the model's weights around the step.
+      loss: the step's loss (the augmented batch's, before the update).
+      plain_loss: the loss of the batch unaugmented, before the update.
+      model, features: the trained model and its layers after the augmentation.
+    """
+
+    before: list[np.ndarray]
+    after: list[np.ndarray]
+    loss: float
+    plain_loss: float
+    model: keras.Model
+    features: keras.Model
+
+
+def _fit_one_step(augmentation_seed: int) -> _OneStep:
+    """Trains on one batch of 4 float32 [24, 24, 3] images, binary labels, with XLA."""
+    features = keras.Sequential([
+        keras.Input((24, 24, 3)),
+        keras.layers.Conv2D(4, 3, kernel_initializer=keras.initializers.GlorotUniform(seed=0)),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(1, activation="sigmoid", kernel_initializer=keras.initializers.GlorotUniform(seed=1)),
+    ])
+    inputs = keras.Input((24, 24, 3))
+    model = keras.Model(inputs, features(augment.DeviceAugmentation(seed=augmentation_seed)(inputs)))
+    model.compile(keras.optimizers.SGD(0.5), "binary_crossentropy", jit_compile=True)
+    images, labels = _unit_batch(), np.array([[0.0], [1.0], [0.0], [1.0]])
+    before = model.get_weights()
+    plain_loss = float(np.mean(_numpy(keras.losses.binary_crossentropy(labels, features(images)))))
+    history = model.fit(images, labels, batch_size=4, epochs=1, shuffle=False, verbose=0)
+    return _OneStep(before, model.get_weights(), history.history["loss"][0], plain_loss, model, features)
+
+
+@pytest.mark.backends
+def test_device_augmentation_in_a_compiled_fit():
+    """fit's XLA step (jit_compile on TensorFlow, jax.jit on JAX) trains through the layer, seeded; predict skips it."""
+    step = _fit_one_step(1)
+    assert all(np.isfinite(w).all() for w in step.after)
+    assert all(not np.array_equal(a, b) for a, b in zip(step.after, step.before))  # every weight trained
+    # The step saw other images than its input (about 1e-3 here; compiled against eager alone, 1e-7).
+    assert abs(step.loss - step.plain_loss) > 1e-4
+    for again, weights in zip(_fit_one_step(1).after, step.after):
+        np.testing.assert_array_equal(again, weights)
+    images = _unit_batch()
+    np.testing.assert_allclose(step.model.predict(images, verbose=0), _numpy(step.features(images)), atol=1e-6)
+
+
+@pytest.mark.backends
+@pytest.mark.parametrize("policy, step", [("mixed_bfloat16", 2.0**-8), ("mixed_float16", 2.0**-11)])
+def test_device_augmentation_keeps_the_dtype_under_mixed_precision(policy, step):
+    """Float32 or already-cast input: out in the compute dtype, the float32 warp to its precision."""
+    images = _unit_batch()
+    exact = _numpy(augment.DeviceAugmentation(seed=4, dtype="float32")(images, training=True))
+    compute = augment.DeviceAugmentation(dtype=policy).compute_dtype
+    for given in (images, keras.ops.cast(images, compute)):
+        out = augment.DeviceAugmentation(seed=4, dtype=policy)(given, training=True)  # the same draws
+        assert keras.backend.standardize_dtype(out.dtype) == compute
+        # Two roundings (the input's, the output's) of values in [0, 1]: at most a step.
+        np.testing.assert_allclose(_numpy(out), exact, rtol=0, atol=2 * step)
+
+
+# The layer's entry in the config.json of a model.keras that train.py saved
+# (--augment_on=device --mixed_precision, Keras 3.15.1) before the layer moved to Keras ops.
+SAVED_BEFORE_KERAS_OPS = {
+    "module": "pipeline.reader.augment",
+    "class_name": "DeviceAugmentation",
+    "config": {
+        "name": "augmentation",
+        "trainable": True,
+        "dtype": {"module": "keras", "class_name": "DTypePolicy", "config": {"name": "mixed_bfloat16"},
+                  "registered_name": None},
+        "rotation_range": 20.0,
+        "width_shift_range": 0.1,
+        "height_shift_range": 0.0,
+        "zoom_range": 0.1,
+        "horizontal_flip": True,
+        "vertical_flip": True,
+        "seed": 0,
+    },
+    "registered_name": "pipeline>DeviceAugmentation",
+    "build_config": {"input_shape": [None, 32, 32, 3]},
+}
+
+
+@pytest.mark.backends
+def test_device_augmentation_loads_a_config_saved_before_keras_ops():
+    layer = keras.saving.deserialize_keras_object(copy.deepcopy(SAVED_BEFORE_KERAS_OPS))
+    assert isinstance(layer, augment.DeviceAugmentation)
+    assert layer.config == augment.NOTEBOOK_AUGMENTATION and layer.seed == 0
+    assert layer.name == "augmentation" and layer.dtype_policy.name == "mixed_bfloat16"
+    assert layer.get_config() == SAVED_BEFORE_KERAS_OPS["config"]  # saved again, the same format
+    images = _unit_batch(size=32)
+    out = layer(images, training=True)
+    assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
+    assert np.abs(_numpy(out) - images).mean() > 1e-3
 
 
 def test_device_augmentation_config_round_trip():

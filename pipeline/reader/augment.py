@@ -11,9 +11,12 @@ and applied by one warp:
   TensorFlow's own C++ kernel ImageProjectiveTransformV3
   (`HostWarp.TENSORFLOW`), a plain graph op that a tf.data service worker can
   run from the serialized dataset graph;
-* on the device: a gather-based bilinear sampler that XLA compiles, inside
-  the model (`DeviceAugmentation`, a Keras layer); ImageProjectiveTransformV3
-  has no XLA kernel.
+* on the device: a gather-based bilinear sampler in Keras ops, inside the
+  model (`DeviceAugmentation`, a Keras layer), on any Keras backend: XLA
+  compiles it (TensorFlow's jit_compile, JAX's jit), where
+  ImageProjectiveTransformV3 has no XLA kernel. Its draws come from the
+  layer's `keras.random.SeedGenerator`, its ranges and matrices from the same
+  `affine_from_draws` as the host's.
 
 Matrices map output pixel coordinates (x = column, y = row, pixel centres at
 integers) to input coordinates, the convention of all three warps.
@@ -26,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import types
 
 import cv2
 import keras
@@ -61,6 +65,10 @@ class AugmentationConfig:
 NOTEBOOK_AUGMENTATION = AugmentationConfig()
 
 
+# The uniform draws behind one image's transform: angle, two shifts, two zooms, two flips.
+DRAWS_PER_IMAGE = 7
+
+
 class HostWarp(enum.Enum):
     """What warps the batches in tf.data."""
 
@@ -78,6 +86,7 @@ def compose_affine(
     flip_y: tf.Tensor,
     height: int,
     width: int,
+    ops: types.ModuleType = tf,
 ) -> tf.Tensor:
     """Composes per-image transform parameters into output->input matrices.
 
@@ -92,16 +101,18 @@ def compose_affine(
       zoom_x, zoom_y: float32 [B], input pixels per output pixel.
       flip_x, flip_y: bool [B].
       height, width: image size in pixels.
+      ops: `tf` (tf.data, any backend) or `keras.ops` (inside a model):
+        the two share the names used here.
 
     Returns:
       float32 [B, 2, 3] matrices [[a, b, c], [d, e, f]]: an output pixel at
       (x, y) samples the input at (a x + b y + c, d x + e y + f).
     """
     cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
-    cos, sin = tf.cos(angle), tf.sin(angle)
+    cos, sin = ops.cos(angle), ops.sin(angle)
     # Flips mirror the output about the centre: x -> sx (x - cx) + cx.
-    sx = tf.where(flip_x, -1.0, 1.0)
-    sy = tf.where(flip_y, -1.0, 1.0)
+    sx = ops.where(flip_x, -1.0, 1.0)
+    sy = ops.where(flip_y, -1.0, 1.0)
     # Linear part R Z diag(sx, sy), then offsets so that the centre maps to
     # centre + R (shift).
     a, b = cos * zoom_x * sx, -sin * zoom_y * sy
@@ -110,7 +121,44 @@ def compose_affine(
     ty = sin * shift_x + cos * shift_y
     c = cx + tx - a * cx - b * cy
     f = cy + ty - d * cx - e * cy
-    return tf.reshape(tf.stack([a, b, c, d, e, f], axis=-1), [-1, 2, 3])
+    return ops.reshape(ops.stack([a, b, c, d, e, f], axis=-1), [-1, 2, 3])
+
+
+def affine_from_draws(draws, height: int, width: int, config: AugmentationConfig, ops: types.ModuleType = tf):
+    """ImageDataGenerator's random transforms from uniform draws in [0, 1).
+
+    ImageDataGenerator quirk kept on purpose: its `width_shift_range` (scaled
+    by the width) moves the image along the rows and `height_shift_range`
+    (scaled by the height) along the columns, so the notebook's
+    width_shift_range=0.1 shifts images vertically. Users who tuned the
+    notebook get the augmentation they tuned.
+
+    Args:
+      draws: float32 [B, DRAWS_PER_IMAGE], uniform in [0, 1): a `tf.Tensor`,
+        or a backend tensor with `ops=keras.ops`.
+      height, width: image size.
+      config: the ranges.
+      ops: `tf` or `keras.ops`, see `compose_affine`.
+
+    Returns:
+      float32 [B, 2, 3], see `compose_affine`, of `ops`' tensor type.
+    """
+    rotation = math.radians(config.rotation_range)
+    low = np.array([
+        -rotation, -config.height_shift_range * height, -config.width_shift_range * width,
+        1.0 - config.zoom_range, 1.0 - config.zoom_range,
+    ], np.float32)
+    high = np.array([
+        rotation, config.height_shift_range * height, config.width_shift_range * width,
+        1.0 + config.zoom_range, 1.0 + config.zoom_range,
+    ], np.float32)
+    ranged = len(low)  # the columns before the two flips
+    scaled = draws[:, :ranged] * (high - low) + low
+    angle, shift_x, shift_y, zoom_x, zoom_y = (scaled[:, i] for i in range(ranged))
+    # A flip that is off compares its draw with 0: never below.
+    flip_x = draws[:, ranged] < (0.5 if config.horizontal_flip else 0.0)
+    flip_y = draws[:, ranged + 1] < (0.5 if config.vertical_flip else 0.0)
+    return compose_affine(angle, shift_x, shift_y, zoom_x, zoom_y, flip_x, flip_y, height, width, ops)
 
 
 def random_affine(
@@ -120,13 +168,7 @@ def random_affine(
     config: AugmentationConfig,
     seed: tf.Tensor,
 ) -> tf.Tensor:
-    """Draws ImageDataGenerator's random transforms for a batch, statelessly.
-
-    ImageDataGenerator quirk kept on purpose: its `width_shift_range` (scaled
-    by the width) moves the image along the rows and `height_shift_range`
-    (scaled by the height) along the columns, so the notebook's
-    width_shift_range=0.1 shifts images vertically. Users who tuned the
-    notebook get the augmentation they tuned.
+    """Draws ImageDataGenerator's random transforms for a batch, statelessly (TensorFlow ops).
 
     Args:
       batch_size: B.
@@ -138,20 +180,26 @@ def random_affine(
       float32 [B, 2, 3], see `compose_affine`.
     """
     # One draw per batch: few ops, since tf.data pays a fixed cost for each.
-    rotation = math.radians(config.rotation_range)
-    low = tf.constant([
-        -rotation, -config.height_shift_range * height, -config.width_shift_range * width,
-        1.0 - config.zoom_range, 1.0 - config.zoom_range, 0.0, 0.0,
-    ])
-    high = tf.constant([
-        rotation, config.height_shift_range * height, config.width_shift_range * width,
-        1.0 + config.zoom_range, 1.0 + config.zoom_range, 1.0, 1.0,
-    ])
-    draws = tf.random.stateless_uniform([batch_size, 7], seed) * (high - low) + low
-    angle, shift_x, shift_y, zoom_x, zoom_y, flip_x, flip_y = tf.unstack(draws, axis=1)
-    flip_x = tf.logical_and(config.horizontal_flip, flip_x < 0.5)
-    flip_y = tf.logical_and(config.vertical_flip, flip_y < 0.5)
-    return compose_affine(angle, shift_x, shift_y, zoom_x, zoom_y, flip_x, flip_y, height, width)
+    draws = tf.random.stateless_uniform([batch_size, DRAWS_PER_IMAGE], seed)
+    return affine_from_draws(draws, height, width, config)
+
+
+def random_affine_keras(
+    batch_size, height: int, width: int, config: AugmentationConfig, seed: keras.random.SeedGenerator
+):
+    """`random_affine` with Keras ops on any backend, drawn from a seed generator (moves it on).
+
+    Args:
+      batch_size: B, an int or a scalar integer tensor.
+      height, width: image size.
+      config: the ranges.
+      seed: the generator; each call draws new transforms.
+
+    Returns:
+      float32 [B, 2, 3] backend tensor, see `compose_affine`.
+    """
+    draws = keras.random.uniform((batch_size, DRAWS_PER_IMAGE), dtype="float32", seed=seed)
+    return affine_from_draws(draws, height, width, config, keras.ops)
 
 
 def _warp_batch_opencv(images: np.ndarray, matrices: np.ndarray) -> np.ndarray:
@@ -184,49 +232,50 @@ def warp_on_host(images: tf.Tensor, matrices: tf.Tensor) -> tf.Tensor:
     return warped
 
 
-def warp_with_tensorflow(images: tf.Tensor, matrices: tf.Tensor) -> tf.Tensor:
-    """Warps a batch with plain gathers: any device, XLA, graph-serializable.
+def warp_on_device(images, matrices):
+    """Warps a batch with Keras ops and plain gathers: any backend, any device, XLA.
 
-    TensorFlow's ImageProjectiveTransformV3 (behind Keras' RandomRotation and
-    `keras.ops.image.affine_transform`) has no XLA kernel, so a model that
-    holds it cannot be trained with `jit_compile=True`; this bilinear sampler
-    can. Clamping sample positions to the image repeats the edge pixels:
-    `fill_mode='nearest'`.
+    ImageProjectiveTransformV3 (behind Keras' RandomRotation and, on the
+    TensorFlow backend, `keras.ops.image.affine_transform`) has no XLA kernel,
+    so a model that holds it cannot be trained with `jit_compile=True`; this
+    bilinear sampler can, and JAX jits it. Clamping sample positions to the
+    image repeats the edge pixels: `fill_mode='nearest'`.
 
     Args:
-      images: [B, H, W, C] with static H, W; any real dtype.
+      images: float [B, H, W, C] with static H, W, C (float16, bfloat16,
+        float32...); B may be dynamic.
       matrices: float32 [B, 2, 3], output->input, see `compose_affine`.
 
     Returns:
-      float32 [B, H, W, C].
+      [B, H, W, C] in the dtype of `images`; blended in float32.
     """
-    height, width = images.shape[1], images.shape[2]
-    batch = tf.shape(images)[0]
-    ys, xs = tf.meshgrid(tf.range(height, dtype=tf.float32), tf.range(width, dtype=tf.float32), indexing="ij")
-    grid = tf.stack([xs, ys, tf.ones_like(xs)], axis=-1)  # [H, W, 3]
-    source = tf.einsum("hwk,bjk->bhwj", grid, tf.cast(matrices, tf.float32))  # [B, H, W, 2]
-    src_x = tf.clip_by_value(source[..., 0], 0.0, width - 1.0)
-    src_y = tf.clip_by_value(source[..., 1], 0.0, height - 1.0)
-    x0, y0 = tf.floor(src_x), tf.floor(src_y)
-    wx, wy = (src_x - x0)[..., None], (src_y - y0)[..., None]
-    x0, y0 = tf.cast(x0, tf.int32), tf.cast(y0, tf.int32)
-    x1, y1 = tf.minimum(x0 + 1, width - 1), tf.minimum(y0 + 1, height - 1)
-    flat = tf.reshape(tf.cast(images, tf.float32), [-1, images.shape[-1]])
-    offset = tf.reshape(tf.range(batch) * (height * width), [-1, 1, 1])
+    ops = keras.ops
+    height, width, channels = images.shape[1:]
+    ys, xs = ops.meshgrid(ops.arange(height, dtype="float32"), ops.arange(width, dtype="float32"), indexing="ij")
+    rows = ops.cast(matrices, "float32")[:, :, :, None, None]  # [B, 2, 3, 1, 1] against [H, W]
+    src_x = ops.clip(rows[:, 0, 0] * xs + rows[:, 0, 1] * ys + rows[:, 0, 2], 0.0, width - 1.0)
+    src_y = ops.clip(rows[:, 1, 0] * xs + rows[:, 1, 1] * ys + rows[:, 1, 2], 0.0, height - 1.0)
+    x0, y0 = ops.floor(src_x), ops.floor(src_y)
+    wx, wy = (src_x - x0)[..., None], (src_y - y0)[..., None]  # [B, H, W, 1]
+    x0, y0 = ops.cast(x0, "int32"), ops.cast(y0, "int32")
+    x1, y1 = ops.minimum(x0 + 1, width - 1), ops.minimum(y0 + 1, height - 1)
+    # One gather from the whole batch: image b's pixels start at b * H * W.
+    flat = ops.reshape(images, (-1, channels))
+    offset = ops.reshape(ops.arange(ops.shape(images)[0], dtype="int32") * (height * width), (-1, 1, 1))
 
     def pixels(y, x):
-        return tf.gather(flat, offset + y * width + x)
+        return ops.cast(ops.take(flat, offset + y * width + x, axis=0), "float32")
 
     top = pixels(y0, x0) * (1.0 - wx) + pixels(y0, x1) * wx
     bottom = pixels(y1, x0) * (1.0 - wx) + pixels(y1, x1) * wx
-    return top * (1.0 - wy) + bottom * wy
+    return ops.cast(top * (1.0 - wy) + bottom * wy, images.dtype)
 
 
 def warp_uint8_with_tensorflow(images: tf.Tensor, matrices: tf.Tensor) -> tf.Tensor:
     """Warps a uint8 batch with TensorFlow's ImageProjectiveTransformV3 kernel (host CPU).
 
     A plain graph op, so a tf.data service worker runs it from the serialized
-    dataset graph. Same sampling as `warp_with_tensorflow`: pixel centres at
+    dataset graph. Same sampling as `warp_on_device`: pixel centres at
     integers, bilinear, sample positions clamped to the image
     (fill_mode="NEAREST"); it computes each output value in one pass where the
     gather sampler writes a dozen intermediate tensors (2.3x faster here, see
@@ -299,10 +348,11 @@ def augmented_variants(
 
 @keras.saving.register_keras_serializable(package="pipeline")
 class DeviceAugmentation(keras.layers.Layer):
-    """The notebook augmentation as the model's first layer (runs on the GPU).
+    """The notebook augmentation as the model's first layer (on the accelerator, any backend).
 
     Active only in training; at inference it passes its input through.
-    Input and output: float [B, H, W, C] in any range.
+    Input and output: float [B, H, W, C] in any range, the output in the
+    layer's compute dtype (the input's, under a mixed-precision policy).
     """
 
     def __init__(self, config: AugmentationConfig = NOTEBOOK_AUGMENTATION, seed: int | None = None, **kwargs):
@@ -314,10 +364,9 @@ class DeviceAugmentation(keras.layers.Layer):
     def call(self, images, training=None):
         if not training:
             return images
-        seed = keras.random.randint([2], 0, 2**31 - 1, seed=self._seed_generator)
         height, width = images.shape[1], images.shape[2]
-        matrices = random_affine(tf.shape(images)[0], height, width, self.config, seed)
-        return tf.cast(warp_with_tensorflow(images, matrices), images.dtype)
+        matrices = random_affine_keras(keras.ops.shape(images)[0], height, width, self.config, self._seed_generator)
+        return warp_on_device(images, matrices)
 
     def compute_output_shape(self, input_shape):
         return input_shape
