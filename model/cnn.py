@@ -65,14 +65,20 @@ def build_cnn(
 
 
 def compile_cnn(
-    model: keras.Model, learning_rate: float = DEFAULT_LEARNING_RATE, jit_compile: bool | str = "auto"
+    model: keras.Model, learning_rate: float = DEFAULT_LEARNING_RATE, jit_compile: bool | str = "auto",
+    weighted: bool = False,
 ) -> keras.Model:
-    """Adam, cross-entropy (binary for one output unit) and accuracy, as the notebook."""
+    """Adam, cross-entropy (binary for one output unit) and accuracy, as the notebook.
+
+    `weighted`: the accuracy reads the sample weights of batches that carry them
+    (`shares.weighted_eval_dataset`), as the loss always does; without weights it is the same.
+    """
     binary = model.output_shape[-1] == 1
+    metrics = {"weighted_metrics" if weighted else "metrics": ["accuracy"]}
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss="binary_crossentropy" if binary else "categorical_crossentropy",
-        metrics=["accuracy"],
         jit_compile=jit_compile,
+        **metrics,
     )
     return model

@@ -3,6 +3,7 @@
     python train.py --records=records/                      # the notebook's defaults
     python train.py --records=records/ --epochs=5 --model_dir=runs/quick
     python train.py --records=records/ --augment_on=device --mixed_precision --jit_compile  # GPU
+    KERAS_BACKEND=jax python train.py --records=records/    # the model on JAX (model/backend.py)
 
 Run it again with the same --model_dir to resume an interrupted run (or to
 continue a finished one to a larger --epochs). Each flag is a field of
@@ -25,6 +26,10 @@ from collections.abc import Iterator
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow's first import
 
+from model import backend  # noqa: E402
+
+backend.refuse_before_import()  # KERAS_BACKEND=torch: one line here, not Keras's ImportError below
+
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tqdm import tqdm  # noqa: E402
@@ -35,10 +40,12 @@ from pipeline import schema  # noqa: E402
 from pipeline import verify  # noqa: E402
 from pipeline.reader import dataset  # noqa: E402
 from pipeline.reader import guard  # noqa: E402
+from model import distribution  # noqa: E402
 from model import evaluation  # noqa: E402
 from model import inference  # noqa: E402
 from model import run_config  # noqa: E402
 from model import run_dir  # noqa: E402
+from model import supervise  # noqa: E402
 from model import training  # noqa: E402
 
 @contextlib.contextmanager
@@ -158,11 +165,19 @@ _BACKUP_KEPT = "; the last backup is kept: run the same command to resume once t
 
 
 def _train(config: run_config.TrainConfig) -> int | None:
+    processes = distribution.Processes.from_env()
+    distribution.check(processes)
+    if processes.several and not supervise.is_child():  # JAX ends a lost process's peers from C++
+        return supervise.run_child(sys.argv, processes, config.model_dir)
+    if processes.several:
+        supervise.end_with_parent()
+    backend.prepare()
     try:
         watchdog = _InputWatchdog(config) if config.data_service else None
         with _stop_on_signals() as (stop, received), watchdog.watching() if watchdog else contextlib.nullcontext():
             try:
-                result = training.train_and_evaluate(config, stop, (watchdog,) if watchdog else ())
+                with supervise.peers_end_the_run() if processes.several else contextlib.nullcontext():
+                    result = training.train_and_evaluate(config, stop, (watchdog,) if watchdog else ())
             except run_dir.Stopped as stopped:
                 return _stopped(config, stopped, received[0])
     except tf.errors.DataLossError:  # its message names no file: find the damaged shard
@@ -187,6 +202,9 @@ def _train(config: run_config.TrainConfig) -> int | None:
             f"{config.model_dir} already holds a finished run of {result.epochs_done} epochs: "
             f"nothing to train (pass --epochs above {result.epochs_done} to continue it)"
         )
+    elif not processes.writer:
+        print(f"Process {processes.index} of {processes.count} trained its share: process 0 saved the model "
+              f"to {config.model_dir}")
     else:
         saved = (("its export", config.export), ("pictures", config.pictures))
         also = " and ".join(name for name, wanted in saved if wanted)
@@ -227,6 +245,7 @@ class EvaluateConfig:
 
 
 def _evaluate(config: EvaluateConfig) -> None:
+    backend.prepare()
     run = inference.open_run(config.model_dir)
     records = config.records or run.records
     if not records:
@@ -282,6 +301,7 @@ _PROGRESS_FROM = 200
 
 
 def _predict(config: PredictConfig, paths: list[str]) -> int:
+    backend.prepare()
     run = inference.open_run(config.model_dir)
     if not paths:
         cli.fail("no PATH given: name image files, folders or URLs after the flags")
@@ -334,6 +354,7 @@ class ExportConfig:
 
 
 def _export(config: ExportConfig) -> None:
+    backend.prepare()
     run = inference.open_run(config.model_dir)
     path = inference.export_model(run, run.load_model(), config.out)
     print(f"Wrote the SavedModel to {path} (signature serving_default: image_bytes -> probabilities, classes)")

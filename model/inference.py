@@ -4,6 +4,7 @@
     photos (files, folders, URLs) --files_dataset--> model --> Prediction rows
     model --export_model--> SavedModel: image_bytes -> preprocess_encoded -> model
                             -> probabilities, classes
+                            (TensorFlow ops; on JAX the model's pass is converted by jax2tf)
 
 Every path decodes, resizes and scales with the reader's own
 `transforms.preprocess_encoded`, the records' evaluation decode: no copy.
@@ -27,6 +28,7 @@ from pipeline import cli
 from pipeline import fileio
 from pipeline.reader import dataset
 from pipeline.reader import transforms
+from model import backend
 from model import evaluation
 from model import run_dir
 
@@ -155,7 +157,7 @@ def predict_files(
     probabilities: dict[int, np.ndarray] = {}
     done = 0
     for images, indices in dataset.files_dataset(list(paths), run.image_size, batch_size, run.stored_size):
-        batch = evaluation.class_probabilities(model(images, training=False)).numpy()
+        batch = evaluation.batch_probabilities(model, images)  # evaluate.py's own call, per backend
         probabilities.update(zip(indices.numpy().tolist(), batch))
         done = int(indices[-1]) + 1
         progress(done)
@@ -183,15 +185,65 @@ def predictions_table(run: TrainedRun, predictions: Sequence[Prediction]) -> lis
 # --------------------------------------------------------------------------
 # The export: a SavedModel for TF Serving and any TensorFlow client.
 
+SERVING_ENDPOINT = "serving_default"
+# The SavedModel's second signature: the model alone (Keras's archive saves every endpoint it holds).
+FORWARD_ENDPOINT = "forward"
+# Under JAX the model's pass is lowered to StableHLO for each of these, so that the export serves on a CPU
+# or a GPU TensorFlow wherever it was made, as a TensorFlow export does (jax2tf's default: the exporter's only).
+JAX_SERVING_PLATFORMS = ("cpu", "cuda")
+
+
+def _add_forward(archive, model: keras.Model) -> tf.types.experimental.GenericFunction:
+    """Tracks `model` and adds its inference pass as the endpoint FORWARD_ENDPOINT; returns it.
+
+    The endpoint is a tf.function: float32 [None, height, width, 3] in [0, 1]
+    -> the model's output, float32 [None, 1] (a sigmoid) or [None, classes].
+    On TensorFlow it holds the model's ops; on JAX, Keras converts the pass
+    with jax2tf (one XlaCallModule op, the batch dimension polymorphic) and
+    binds it to tf.Variable copies of the weights.
+    """
+    archive.track(model)
+    spec = tf.TensorSpec(model.inputs[0].shape, tf.float32, name="images")
+    # No gradient: the export only serves (with it, every load warns of unsaved custom gradients).
+    jax_only = ({"jax2tf_kwargs": {"native_serialization_platforms": JAX_SERVING_PLATFORMS, "with_gradient": False}}
+                if backend.name() == backend.JAX else {})
+    return archive.add_endpoint(FORWARD_ENDPOINT, lambda images: model(images, training=False),
+                                input_signature=[spec], **jax_only)
+
+
+def _serving_function(
+    run: TrainedRun, forward: tf.types.experimental.GenericFunction, image_spec: tf.TensorSpec,
+) -> tf.types.experimental.GenericFunction:
+    """The `serving_default` tf.function, TensorFlow ops around `forward` on either backend.
+
+    `image_bytes` tf.string [None] -> {"probabilities": float32 [None, classes],
+    "classes": tf.string [None]}; each image decoded, resized and scaled by
+    `transforms.preprocess_encoded` to `image_spec` (float32 [height, width, 3]).
+    """
+    image_size, stored_size, names = run.image_size, run.stored_size, tf.constant(run.class_names)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")], autograph=False)
+    def serve(image_bytes):
+        images = tf.map_fn(lambda encoded: transforms.preprocess_encoded(encoded, image_size, stored_size),
+                           image_bytes, fn_output_signature=image_spec)
+        probabilities = evaluation.class_probabilities(forward(images))
+        return {"probabilities": probabilities, "classes": tf.gather(names, tf.argmax(probabilities, axis=-1))}
+
+    return serve
+
 
 def export_model(run: TrainedRun, model: keras.Model, path: str | None = None) -> str:
-    """Writes a SavedModel whose `serving_default` takes encoded images.
+    """Writes a SavedModel whose `serving_default` takes encoded images, on TensorFlow or JAX.
 
     Signature: `image_bytes` (`tf.string` [None]: JPEG, PNG, GIF, BMP or WebP)
     -> `probabilities` (float32 [None, classes], the run's class order) and
     `classes` (`tf.string` [None], the predicted class names). Decode, resize
     and scaling are `transforms.preprocess_encoded` (with the run's stored
-    size), inside the graph; a device augmentation layer is off, as at any inference.
+    size), TensorFlow ops inside the graph on either backend; only the model's
+    pass is the backend's (`_add_forward`), also saved alone as the signature
+    `forward` (`images` float32 [None, height, width, 3] -> the model's output).
+    A device augmentation layer is off, as at any inference. It loads and
+    serves with TensorFlow alone.
 
     Returns:
       The folder written (`model_dir/export` by default); an earlier export
@@ -201,20 +253,12 @@ def export_model(run: TrainedRun, model: keras.Model, path: str | None = None) -
       cli.InputError: `path` holds something other than a SavedModel (left as it is).
     """
     path = path or os.path.join(run.model_dir, EXPORT_DIRNAME)
-    image_size, stored_size, names = run.image_size, run.stored_size, tf.constant(run.class_names)
-    spec = tf.TensorSpec(model.inputs[0].shape[1:], tf.float32)
-
-    def serve(image_bytes):
-        images = tf.map_fn(lambda encoded: transforms.preprocess_encoded(encoded, image_size, stored_size),
-                           image_bytes, fn_output_signature=spec)
-        probabilities = evaluation.class_probabilities(model(images, training=False))
-        return {"probabilities": probabilities, "classes": tf.gather(names, tf.argmax(probabilities, axis=-1))}
-
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint("serving_default", serve, input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     if fileio.exists(path) and not fileio.exists(f"{path.rstrip('/')}/saved_model.pb"):
         raise cli.InputError(f"{path} exists and is not a SavedModel: give a new folder or an earlier export")
+    archive = keras.export.ExportArchive()
+    forward = _add_forward(archive, model)
+    image_spec = tf.TensorSpec(model.inputs[0].shape[1:], tf.float32)
+    archive.add_endpoint(SERVING_ENDPOINT, _serving_function(run, forward, image_spec))
     if fileio.is_url(path):  # object stores rename no folders: written in place
         fileio.rmtree(path)
         archive.write_out(path, verbose=False)

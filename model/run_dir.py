@@ -19,26 +19,30 @@ names are whole.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import keras
-import tensorflow as tf
 from absl import logging
 
 from pipeline import cli
 from pipeline import fileio
+from model import backend
 
 RUN_FILENAME = "run.json"
 RECORDS_KEY = "records"  # in run.json: a fingerprint of the records' manifest, not their folder (it may move)
 STORED_SIZE_KEY = "stored_size"  # in run.json: the records' [height, width], null for originals
-# Keys run.json gained after runs were kept without them. Each is a fact of the
-# records, which the fingerprint decides already: an older run.json lacking one
-# is the same run, and gains it at its next start.
-_ADDED_KEYS = (STORED_SIZE_KEY,)
+BACKEND_KEY = "backend"  # in run.json: the Keras backend that trains the run (backend.name())
+# Keys run.json gained after runs were kept without them: an older run.json lacking
+# one gains it at its next start. The stored size is a fact of the records, which the
+# fingerprint decides already (any value is the same run); runs kept before the
+# backend was were TensorFlow's, so a run.json lacking it says "tensorflow".
+_ADDED_KEYS = (STORED_SIZE_KEY, BACKEND_KEY)
+_IMPLIED = {BACKEND_KEY: backend.TENSORFLOW}
 _STATE_FILENAME = "state.json"
 _WEIGHTS_SUFFIX = ".weights.h5"
 
@@ -47,12 +51,28 @@ class RunMismatchError(cli.UserError, ValueError):
     """A model_dir holds a run with other settings; the message says which."""
 
 
+@contextlib.contextmanager
+def undistributed() -> Iterator[None]:
+    """Keras' saving without the run's keras.distribution (JAX): saving makes a few variables, which
+    under it would be laid out over every process, a step process 0 cannot take alone."""
+    distribution = keras.distribution.distribution() if backend.name() == backend.JAX else None
+    if distribution is None:
+        yield
+        return
+    keras.distribution.set_distribution(None)
+    try:
+        yield
+    finally:
+        keras.distribution.set_distribution(distribution)
+
+
 def save_model(model: keras.Model, path: str) -> str:
     """`model.save(path)`, all or nothing: a temporary file renamed over `path`."""
     folder, name = os.path.split(path)
     stem, extension = os.path.splitext(name)
     tmp = os.path.join(folder, f".{stem}.partial{extension}")  # Keras wants the extension
-    model.save(tmp)
+    with undistributed():
+        model.save(tmp)
     fileio.replace(tmp, path)
     return path
 
@@ -72,24 +92,31 @@ def record_settings(model_dir: str, settings: Mapping[str, Any]) -> None:
     stored = fileio.read_state(
         path, _settings, f"delete it to keep the backup and record this command's settings, or delete {model_dir}"
     )
-    gained = {key: settings[key] for key in _ADDED_KEYS if key in settings and key not in stored}
+    gained = {key: _IMPLIED.get(key, settings[key]) for key in _ADDED_KEYS if key in settings and key not in stored}
+    stored = {**stored, **gained}
     changed = [
         _change(key, stored.get(key), settings.get(key))
         for key in sorted(set(stored) | set(settings))
-        if key not in gained and stored.get(key) != settings.get(key)
+        if stored.get(key) != settings.get(key)
     ]
     if changed:
+        # Another backend: the same run on the run's own backend is the remedy, before any other.
+        other = stored[BACKEND_KEY] if stored.get(BACKEND_KEY) != settings.get(BACKEND_KEY) else None
         raise RunMismatchError(
             f"--model_dir {model_dir} holds a run with other settings ({'; '.join(changed)}): "
-            f"pass another --model_dir, or delete {model_dir} to start over"
+            + (f"run with {backend.ENV_VAR}={other} to resume it, " if other else "")
+            + f"pass another --model_dir, or delete {model_dir} to start over"
         )
     if gained:
-        fileio.write_json(path, {**stored, **gained})
+        fileio.write_json(path, stored)
 
 
 def _change(key: str, old: Any, new: Any) -> str:
     if key == RECORDS_KEY:
         return f"records: another set than the run's (manifest fingerprint {old} -> {new})"
+    if key == BACKEND_KEY:
+        return (f"Keras backend: trained under {old}, this process runs {new} (their random streams of dropout and "
+                "augmentation and their compiled numerics differ: the run would not resume exactly)")
     return f"{key}: {old!r} -> {new!r}"
 
 
@@ -168,13 +195,18 @@ def restore(model: keras.Model, backup_dir: str) -> BackupState | None:
     state = read_backup_state(backup_dir)
     if state is None:
         return None
-    with model.distribute_strategy.scope():  # variables are made and loaded in it
+    with _scope(model):  # variables are made and loaded in it
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
         model.load_weights(os.path.join(backup_dir, state.weights))
         for variable, value in zip(counters(model), state.counters, strict=bool(state.counters)):
             variable.assign(value)
     return state
+
+
+def _scope(model: keras.Model) -> contextlib.AbstractContextManager:
+    """The model's tf.distribute scope under TensorFlow; none under JAX (its layouts come with the variables)."""
+    return model.distribute_strategy.scope() if backend.name() == backend.TENSORFLOW else contextlib.nullcontext()
 
 
 class Stopped(Exception):
@@ -234,7 +266,7 @@ class Backup(keras.callbacks.Callback):
                 raise ValueError(f"the backup holds {len(self._saved_totals)} metric values, the model has "
                                  f"{len(variables)}")
             for variable, total in zip(variables, self._saved_totals):
-                variable.assign_add(tf.cast(total, variable.dtype))
+                variable.assign_add(keras.ops.cast(total, variable.dtype))
             self._saved_totals = ()
         step = self._first_step + batch + 1
         last = batch + 1 == self.params.get("steps")
@@ -257,7 +289,8 @@ class Backup(keras.callbacks.Callback):
         self.check()
         fileio.makedirs(self.backup_dir)
         name = f"epoch_{epoch:04d}" + (f"_step_{step:06d}" if step else "") + _WEIGHTS_SUFFIX
-        self.model.save_weights(os.path.join(self.backup_dir, name), overwrite=True)
+        with undistributed():
+            self.model.save_weights(os.path.join(self.backup_dir, name), overwrite=True)
         state = {"epoch": epoch, "step": step, "weights": name,
                  "counters": [variable.numpy().tolist() for variable in counters(self.model)]}
         if step:

@@ -20,12 +20,15 @@ import keras
 import psutil
 import tensorflow as tf
 
+from pipeline import cli
 from pipeline import schema
 from pipeline.reader import augment
 from pipeline.reader import dataset
 from pipeline.reader import epochs
 from pipeline.reader import service
+from pipeline.reader import shares
 from model import callbacks
+from model import distribution
 from model import hardware
 from model import run_config
 
@@ -40,16 +43,19 @@ def cache_fits(num_images: int, image_size: int, available_bytes: int) -> bool:
 
 
 def decide_cache(
-    config: run_config.TrainConfig, manifest: schema.Manifest, available_bytes: int | None = None
+    config: run_config.TrainConfig, manifest: schema.Manifest, available_bytes: int | None = None,
+    processes: int = 1,
 ) -> tuple[bool, str]:
-    """Whether to cache the train and validation images: asked, and they fit.
+    """Whether to cache the train and validation images: asked, and they fit (a process's share of
+    them, about 1/`processes`, on each host).
 
     Returns:
       (cache on, the reason in words).
     """
     if not config.cache:
         return False, "off (--nocache): every epoch decodes the records"
-    num_images = sum(split.num_examples for name, split in manifest.splits.items() if name != "test")
+    counts = [split.num_examples for name, split in manifest.splits.items() if name != "test"]
+    num_images = -(-sum(counts) // processes)
     available = psutil.virtual_memory().available if available_bytes is None else available_bytes
     sizes = f"{num_images} decoded images take {num_images * config.image_size**2 * 3 / 1e6:,.0f} MB"
     if cache_fits(num_images, config.image_size, available):
@@ -94,8 +100,10 @@ class LocalInput:
     def batches(self, plan: RunPlan, epoch: int, step: int) -> TrainBatches:
         position = epochs.EpochPosition(epoch, step)
         passes = dataset.train_passes(plan.config.records, plan.train_input, "train", position,
-                                      plan.config.steps_per_epoch, plan.manifest)
-        return TrainBatches(passes, (callbacks.FollowEpochs(position, epoch, step),), probe=True)
+                                      plan.steps_per_epoch, plan.train_manifest)
+        # Timing the input alone would keep one process from the others' next step.
+        probe = not plan.placement.processes.several
+        return TrainBatches(passes, (callbacks.FollowEpochs(position, epoch, step),), probe=probe)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +144,10 @@ class RunPlan:
       cache: whether the train and validation images are cached; `cache_reason` says why, in words.
       train_input, eval_input: the InputConfigs of training and evaluation.
       source: where the training batches are made.
+      placement: the replicas and processes the run spreads over.
+      train_manifest: the manifest as this process reads the train split: its
+        share of the shards (`shares.share_manifest`), `manifest` in one process.
+      steps_per_epoch: batches an epoch; None: one pass over the (shared) split.
     """
 
     config: run_config.TrainConfig
@@ -146,6 +158,9 @@ class RunPlan:
     train_input: dataset.InputConfig
     eval_input: dataset.InputConfig
     source: LocalInput | ServiceInput
+    placement: distribution.Placement
+    train_manifest: schema.Manifest
+    steps_per_epoch: int | None
 
     def batches(self, epoch: int = 0, step: int = 0) -> TrainBatches:
         """The training batches from `epoch`, batch `step` (a resumed run's backup): train.py's and bench.py's."""
@@ -154,33 +169,59 @@ class RunPlan:
 
 def plan_run(
     config: run_config.TrainConfig, manifest: schema.Manifest, found: hardware.Hardware | None = None,
-    available_bytes: int | None = None,
+    available_bytes: int | None = None, placement: distribution.Placement | None = None,
 ) -> RunPlan:
     """Works a run out: the hardware (`hardware.detect()` unless `found`), the cache (for
-    `available_bytes`, default the memory available now), the input configs, the source.
+    `available_bytes`, default the memory available now), the input configs, the source,
+    this process's share of the records (`placement`, default: one device, one process).
 
     Raises:
-      cli.SettingError: a --data_service that is no address.
+      cli.SettingError: a --data_service that is no address, or with batches split over JAX devices.
+      shares.TooFewShardsError: fewer train shards than processes.
     """
     found = hardware.detect() if found is None else found
+    placement = placement or distribution.Placement(1, distribution.Processes(), jax=False)
     config = run_config.resolve_augment_on(config, found)
-    cache, reason = decide_cache(config, manifest, available_bytes)
+    if config.data_service and placement.even_batches:
+        raise cli.SettingError(
+            f"--data_service with {placement.describe(config)} on JAX: the service's workers make batches of "
+            "any size at an epoch's end, which JAX cannot split over the replicas; train without --data_service")
+    share = placement.processes.share
+    train_manifest = shares.share_manifest(manifest, "train", share, config.records)
+    cache, reason = decide_cache(config, manifest, available_bytes, share.count)
     source = ServiceInput(service.Address.parse(config.data_service)) if config.data_service else LocalInput()
     evaluation = dataset.InputConfig(
         image_size=(config.image_size, config.image_size),
-        batch_size=config.batch_size,
+        batch_size=placement.local_batch(config.batch_size),
         class_mode="binary" if manifest.num_classes == 2 else "categorical",
         cache=cache,
         seed=config.seed,
     )
     host = config.augment and config.augment_on is run_config.AugmentOn.HOST
-    train = dataclasses.replace(evaluation, augmentation=augment.NOTEBOOK_AUGMENTATION if host else None)
-    return RunPlan(config, found, manifest, cache, reason, source.train_config(train), evaluation, source)
+    train = dataclasses.replace(evaluation, augmentation=augment.NOTEBOOK_AUGMENTATION if host else None,
+                                drop_remainder=placement.even_batches)
+    steps = config.steps_per_epoch
+    if steps is None and placement.even_batches:  # every process as many whole batches: the smallest share's
+        steps = shares.common_steps(manifest, "train", share.count, evaluation.batch_size)
+        if steps == 0:
+            raise cli.InputError(
+                f"the train split's smallest share holds fewer images than a batch of {evaluation.batch_size} "
+                f"per process: pass a smaller --batch_size than {config.batch_size}")
+    return RunPlan(config, found, manifest, cache, reason, source.train_config(train), evaluation, source,
+                   placement, train_manifest, steps)
 
 
 def validation_batches(plan: RunPlan) -> tf.data.Dataset | None:
-    """The validation split's batches, repeated when `validation_steps` counts them; None without the split."""
+    """The validation split's batches, repeated when `validation_steps` counts them; None without the split.
+
+    Split over JAX replicas, every process pads its share to whole batches with
+    images of weight 0 (`shares.weighted_eval_dataset`): the metrics still count each image once.
+    """
     if "validation" not in plan.manifest.splits:
         return None
-    ds = dataset.eval_dataset(plan.config.records, "validation", plan.eval_input, plan.manifest)
+    if plan.placement.even_batches:
+        ds, _ = shares.weighted_eval_dataset(plan.config.records, "validation", plan.eval_input, plan.manifest,
+                                             plan.placement.processes.share)
+    else:
+        ds = dataset.eval_dataset(plan.config.records, "validation", plan.eval_input, plan.manifest)
     return ds.repeat() if plan.config.validation_steps else ds

@@ -23,9 +23,11 @@ manifest read as they are held: `run_plan.RunPlan`.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import threading
 
 import keras
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
@@ -33,8 +35,11 @@ from pipeline import fileio
 from pipeline import schema
 from pipeline.reader import augment
 from pipeline.reader import guard
+from pipeline.reader import shares
+from model import backend
 from model import callbacks
 from model import cnn
+from model import distribution
 from model import evaluation
 from model import hardware
 from model import inference
@@ -49,19 +54,10 @@ def run_settings(config: run_config.TrainConfig, manifest: schema.Manifest) -> d
     settings = {name: getattr(config, name) for name in run_config.RUN_DEFINING_FIELDS}
     settings["augment_on"] = config.augment_on.value
     return {**settings, run_dir.RECORDS_KEY: guard.fingerprint(manifest), "class_names": list(manifest.class_names),
-            run_dir.STORED_SIZE_KEY: manifest.stored_size}
+            run_dir.STORED_SIZE_KEY: manifest.stored_size, run_dir.BACKEND_KEY: backend.name()}
 
 
-def make_strategy(config: run_config.TrainConfig) -> tf.distribute.Strategy:
-    """The tf.distribute strategy of a run: the default one, or mirrored over
-    the local GPUs (the logical CPU devices where there is no GPU)."""
-    if config.strategy is run_config.Strategy.DEFAULT:
-        return tf.distribute.get_strategy()
-    devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
-    return tf.distribute.MirroredStrategy([device.name for device in devices])
-
-
-def describe_setup(plan: run_plan.RunPlan, strategy: tf.distribute.Strategy) -> dict[str, str]:
+def describe_setup(plan: run_plan.RunPlan) -> dict[str, str]:
     """What the run uses, as logged at start and kept in results.json."""
     config, stored_size = plan.config, plan.manifest.stored_size
     if not config.augment:
@@ -74,15 +70,22 @@ def describe_setup(plan: run_plan.RunPlan, strategy: tf.distribute.Strategy) -> 
     resized = {} if stored_size in (None, (config.image_size,) * 2) else {"images": (
         f"records stored at {stored_size[0]}x{stored_size[1]}, "
         f"resized to {config.image_size}x{config.image_size} for the model")}
+    placement = plan.placement
+    share = {}
+    if placement.even_batches:  # said where an epoch leaves images out: a share's last smaller batch
+        sizes = shares.share_sizes(plan.manifest, "train", placement.processes.count)
+        used = plan.steps_per_epoch * plan.train_input.batch_size
+        share = {"epoch": (f"{plan.steps_per_epoch} steps of {config.batch_size}: each process its own shards "
+                           f"({', '.join(map(str, sizes))} images), {used} of them an epoch, drawn anew each epoch")}
     return {
         **resized,
+        "backend": backend.describe(),
         "devices": plan.hardware.describe(),
-        "strategy": (
-            f"{config.strategy.value}: {strategy.num_replicas_in_sync} replica(s), "
-            f"global batch {config.batch_size}"
-        ),
+        "processes": placement.processes.describe(),
+        "strategy": placement.describe(config),
+        **share,
         "precision": keras.mixed_precision.global_policy().name,
-        "xla": "on" if config.jit_compile else "off",
+        "xla": "on" if _jit_compile(plan) else "off",
         "augmentation": augmentation,
         "cache": plan.cache_reason,
         "input": plan.source.describe(),
@@ -90,6 +93,11 @@ def describe_setup(plan: run_plan.RunPlan, strategy: tf.distribute.Strategy) -> 
         **({"input bound": f"{config.input_timeout} s without a training batch ends the run (--input_timeout)"}
            if config.data_service else {}),
     }
+
+
+def _jit_compile(plan: run_plan.RunPlan) -> bool:
+    """XLA: asked for on TensorFlow; always on JAX, which runs steps eagerly otherwise, op by op."""
+    return plan.config.jit_compile or plan.placement.jax
 
 
 def build_model(plan: run_plan.RunPlan) -> keras.Model:
@@ -106,13 +114,20 @@ def build_model(plan: run_plan.RunPlan) -> keras.Model:
         augment.NOTEBOOK_AUGMENTATION if device else None,
         seed=config.seed,
     )
-    return cnn.compile_cnn(model, config.learning_rate, jit_compile=config.jit_compile)
+    # Evaluation batches padded to split evenly weigh their images: the metrics must read the weights.
+    return cnn.compile_cnn(model, config.learning_rate, jit_compile=_jit_compile(plan),
+                           weighted=plan.placement.even_batches)
 
 
-def _callbacks(config: run_config.TrainConfig, backup: run_dir.Backup) -> list[keras.callbacks.Callback]:
-    """The callbacks of every fit of a run, but the throughput's (`_fit` puts it second)."""
+def _callbacks(
+    config: run_config.TrainConfig, backup: run_dir.Backup, writer: bool = True
+) -> list[keras.callbacks.Callback]:
+    """The callbacks of every fit of a run, but the throughput's (`_fit` puts it second); of a
+    process that writes nothing (not process 0), the records' check alone."""
     # The backup comes last: its commit says the epoch's history and checkpoint are written.
     # The records' check comes first: an epoch that read other records writes none of them.
+    if not writer:
+        return [callbacks.RecordsUnchanged(backup.check)]
     return [
         callbacks.RecordsUnchanged(backup.check),
         callbacks.HistoryFile(
@@ -131,13 +146,14 @@ def _check_records(plan: run_plan.RunPlan) -> None:
     plan.source.check()
 
 
-def _finished_run(plan: run_plan.RunPlan) -> tuple[int, run_dir.TrainResult | None]:
+def _finished_run(plan: run_plan.RunPlan, settings: dict) -> tuple[int, run_dir.TrainResult | None]:
     """(epochs the model_dir's backup holds, its result if the run is already finished).
 
-    Refuses a model_dir that holds another run (run_dir.RunMismatchError).
+    Refuses a model_dir that holds another run (run_dir.RunMismatchError): process 0 checks.
     """
     config = plan.config
-    run_dir.record_settings(config.model_dir, run_settings(config, plan.manifest))
+    if plan.placement.processes.writer:
+        run_dir.record_settings(config.model_dir, settings)
     done = run_dir.completed_epochs(config.path("backup"))
     if done >= config.epochs and fileio.exists(config.path("results.json")):
         logging.info("%s already holds a finished run of %d epochs", config.model_dir, done)
@@ -166,10 +182,13 @@ def _fit(
     if resume:
         logging.info("resuming from %s at epoch %d%s", config.path("backup"), epoch + 1,
                      f", after batch {step}" if step else "")
+    # Every process reads the backup in --model_dir: one folder all of them read.
+    distribution.agree(plan.placement.processes, f"backups in {config.path('backup')} (epoch, batch)",
+                       f"{epoch},{step}")
     batches = plan.batches(epoch, step)
     backup = run_dir.Backup(config.path("backup"), config.backup_every_steps, stop, resume if step else None,
                             mid_epoch=plan.source.mid_epoch, check=lambda: records.check(_records_remedy(config)))
-    first, *others = [*_callbacks(config, backup), *batches.callbacks, *progress]
+    first, *others = [*_callbacks(config, backup, plan.placement.processes.writer), *batches.callbacks, *progress]
     val_ds = run_plan.validation_batches(plan)
 
     def fit(data: tf.data.Dataset, epochs: tuple[int, int], steps: int | None = None) -> None:
@@ -248,15 +267,22 @@ def train_and_evaluate(
     """
     remedy = "wait for that run to end, or pass another --model_dir"
     policy = keras.mixed_precision.global_policy()
+    processes = distribution.Processes.from_env()
+    distribution.initialize(processes)  # before any JAX computation
+    placement = distribution.place(config, processes)
     try:
         with guard.reading(config.records) as records:
-            plan = run_plan.plan_run(config, records.manifest)
+            plan = run_plan.plan_run(config, records.manifest, placement=placement)
             _check_records(plan)
+            if not processes.writer:  # only process 0 writes, and holds, the model_dir
+                return _train(plan, records, stop, progress)
             fileio.makedirs(config.model_dir)
             with fileio.held(config.model_dir, remedy):
                 return _train(plan, records, stop, progress)
-    finally:  # a run sets the global precision policy; its caller gets its own back
+    finally:  # a run sets the global precision policy and distribution; its caller gets its own back
         keras.mixed_precision.set_global_policy(policy)
+        if placement.jax:
+            keras.distribution.set_distribution(None)
 
 
 def _train(
@@ -264,26 +290,51 @@ def _train(
     progress: tuple[keras.callbacks.Callback, ...] = (),
 ) -> run_dir.TrainResult:
     """train_and_evaluate, with the records and the model_dir held."""
-    config = plan.config
-    done, finished = _finished_run(plan)
+    config, processes = plan.config, plan.placement.processes
+    settings = run_settings(config, plan.manifest)
+    distribution.agree(processes, "settings or records", repr(sorted(settings.items())) + f"{config.epochs}")
+    done, finished = _finished_run(plan, settings)
     if finished:
         return finished
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
-    strategy = make_strategy(config)
-    with strategy.scope():
+    with distribution.model_scope(config, plan.placement):
         model = build_model(plan)
-    setup = describe_setup(plan, strategy)
-    logging.info("setup:\n%s", "\n".join(f"  {key:<13} {value}" for key, value in setup.items()))
-    for warning in hardware.cpu_only_warnings(plan.hardware, config.mixed_precision, config.jit_compile):
-        logging.warning("%s", warning)
-    # A resumed run has the same settings (record_settings refused any other),
-    # so the pictures its first run drew still hold.
-    if config.pictures and (
-        done == 0 or not all(fileio.exists(config.path(name)) for name in pictures.INPUT_PICTURES)
-    ):
-        pictures.save_input_pictures(config.model_dir, config.records, plan.manifest, plan.train_input,
-                                     plan.eval_input, config.seed)
-    _fit(plan, records, model, stop, progress)
+        setup = describe_setup(plan)
+        logging.info("setup:\n%s", "\n".join(f"  {key:<13} {value}" for key, value in setup.items()))
+        for warning in hardware.cpu_only_warnings(plan.hardware, config.mixed_precision, config.jit_compile):
+            logging.warning("%s", warning)
+        # A resumed run has the same settings (record_settings refused any other),
+        # so the pictures its first run drew still hold.
+        if processes.writer and config.pictures and (
+            done == 0 or not all(fileio.exists(config.path(name)) for name in pictures.INPUT_PICTURES)
+        ):
+            pictures.save_input_pictures(config.model_dir, config.records, plan.manifest, plan.train_input,
+                                         plan.eval_input, config.seed)
+        _fit(plan, records, model, stop, progress)
+    # Every process logs it: the processes of one run end with the same weights.
+    logging.info("final weights: sha256 %s (process %d of %d)", weights_digest(model), processes.index, processes.count)
+    if not processes.writer:
+        return run_dir.TrainResult(config.epochs, None, {}, setup, records=fileio.absolute(config.records))
+    if plan.placement.even_batches:
+        model = _local_copy(plan, model)
     return _save_results(plan, records, model, setup)
+
+
+def weights_digest(model: keras.Model) -> str:
+    """The first 16 hex digits of the SHA-256 of the model's weights, in order."""
+    digest = hashlib.sha256()
+    for weights in model.get_weights():
+        digest.update(np.ascontiguousarray(weights).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _local_copy(plan: run_plan.RunPlan, model: keras.Model) -> keras.Model:
+    """The trained model on this process's first device alone, no distribution: to save, test and
+    export without the other processes, and on batches of any size."""
+    weights = model.get_weights()  # replicated: every process holds them whole
+    keras.distribution.set_distribution(None)
+    local = build_model(plan)
+    local.set_weights(weights)
+    return local

@@ -17,7 +17,7 @@ if ! has uv && ! "$PYTHON" -m pip --python .venv/bin/python install --quiet uv; 
   .venv/bin/python -m pip install --quiet uv || true
 fi
 if has uv; then
-  .venv/bin/python -m uv pip install --quiet --python .venv/bin/python -e '.[test,beam,dask]' pip
+  .venv/bin/python -m uv pip install --quiet --python .venv/bin/python -e '.[test,beam,dask,jax]' pip
 else
-  .venv/bin/python -m pip install --quiet -e '.[test,beam,dask]'
+  .venv/bin/python -m pip install --quiet -e '.[test,beam,dask,jax]'
 fi

@@ -111,11 +111,11 @@ def test_the_export_serves_a_photo_as_predict_does(stored, tmp_path):
 
 def test_the_setup_names_an_image_size_other_than_the_records():
     config = run_config.TrainConfig(records="r", image_size=150)
-    cpu, strategy = hardware.Hardware(gpus=(), cpu_cores=2), tf.distribute.get_strategy()
+    cpu = hardware.Hardware(gpus=(), cpu_cores=2)
 
     def setup(stored_size):
         manifest = schema.Manifest("pets", ("cats", "dogs"), {}, stored_size, "src")
-        return training.describe_setup(run_plan.plan_run(config, manifest, found=cpu), strategy)
+        return training.describe_setup(run_plan.plan_run(config, manifest, found=cpu))
 
     assert setup((120, 160))["images"] == "records stored at 120x160, resized to 150x150 for the model"
     for same in (None, (150, 150)):

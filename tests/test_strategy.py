@@ -64,7 +64,7 @@ def test_mirrored_on_two_devices_learns_as_one_device_and_resumes_after_a_kill(r
     # Killed by PID once the first epoch's state is backed up, then resumed.
     with processes.start(driver, *args, merge_stderr=True) as process:
         output = processes.kill_at(process, "the state after epoch 1 is saved")
-    assert "mirrored: 2 replica(s), global batch 10" in output
+    assert "mirrored: 2 replicas, global batch 10" in output
 
     resumed = _run(driver, *args)
     log = resumed.stdout + resumed.stderr
@@ -72,10 +72,28 @@ def test_mirrored_on_two_devices_learns_as_one_device_and_resumes_after_a_kill(r
     history = json.loads((mirrored / "history.json").read_text())
     assert [entry["epoch"] for entry in history] == [0, 1, 2]
     results = json.loads((mirrored / "results.json").read_text())
-    assert results["setup"]["strategy"].startswith("mirrored: 2 replica(s)")
+    assert results["setup"]["strategy"].startswith("mirrored: 2 replicas")
 
     # Both learn the sample (chance is 0.5; 3 epochs reached 0.80 on one device and on two) and end
     # within noise of each other: 30 validation images, so one image is 0.033.
     single_accuracy, mirrored_accuracy = _last_val_accuracy(single), _last_val_accuracy(mirrored)
     assert single_accuracy >= 0.65 and mirrored_accuracy >= 0.65, (single_accuracy, mirrored_accuracy)
     assert abs(single_accuracy - mirrored_accuracy) <= 0.15, (single_accuracy, mirrored_accuracy)
+
+
+def test_mirrored_on_two_jax_devices_is_one_device_split_in_two(records, tmp_path):
+    """On JAX, --strategy=mirrored is keras.distribution.DataParallel over the local devices: 30 images in
+    batches of 10 split 5 + 5 compute what one device computes, up to the order of a sum."""
+    two_devices = processes.env(KERAS_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    logs = {}
+    for strategy in ("default", "mirrored"):
+        model_dir = tmp_path / strategy
+        result = processes.run("train.py", f"--records={records}", f"--model_dir={model_dir}",
+                               f"--strategy={strategy}", "--deterministic", *COMMON, environment=two_devices)
+        assert result.returncode == 0, result.stderr[-3000:]
+        logs[strategy] = json.loads((model_dir / "history.json").read_text())
+    assert "mirrored: 2 replicas, global batch 10" in result.stderr
+    for one, two in zip(logs["default"], logs["mirrored"]):
+        assert two["val_accuracy"] == one["val_accuracy"]
+        assert two["loss"] == pytest.approx(one["loss"], abs=1e-4)
+        assert two["val_loss"] == pytest.approx(one["val_loss"], abs=1e-4)

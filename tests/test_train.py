@@ -294,7 +294,7 @@ def test_jit_compile_reaches_the_model_the_setup_and_the_warnings():
     assert training.build_model(plan).jit_compile is True
     assert training.build_model(dataclasses.replace(plan, config=dataclasses.replace(
         plan.config, jit_compile=False))).jit_compile is False
-    setup = training.describe_setup(plan, tf.distribute.get_strategy())
+    setup = training.describe_setup(plan)
     assert setup["xla"] == "on" and setup["input"] == "tf.data in this process"
     (warning,) = hardware.cpu_only_warnings(cpu, False, True)
     assert warning.startswith("--jit_compile on a machine without a GPU")
