@@ -170,6 +170,11 @@ class Placement:
         return f"{config.strategy.value}: {kind}{where}, global batch {config.batch_size}"
 
 
+def _tf_devices() -> list:
+    """The local devices a mirrored run spreads over on TensorFlow: the GPUs, else the logical CPUs."""
+    return tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+
+
 def _jax_devices(config: run_config.TrainConfig, processes: Processes) -> list:
     import jax
 
@@ -186,10 +191,8 @@ def place(config: run_config.TrainConfig, processes: Processes) -> Placement:
       DistributionError: a --batch_size the replicas do not divide (on JAX).
     """
     if backend.name() != backend.JAX:
-        replicas = 1
-        if config.strategy is run_config.Strategy.MIRRORED:
-            replicas = len(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU"))
-        return Placement(replicas, processes, jax=False)
+        mirrored = config.strategy is run_config.Strategy.MIRRORED
+        return Placement(len(_tf_devices()) if mirrored else 1, processes, jax=False)
     replicas = len(_jax_devices(config, processes))
     if config.batch_size % replicas:
         raise DistributionError(
@@ -212,8 +215,7 @@ def model_scope(config: run_config.TrainConfig, placement: Placement) -> Iterato
     if config.strategy is run_config.Strategy.DEFAULT:
         strategy = tf.distribute.get_strategy()
     else:
-        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
-        strategy = tf.distribute.MirroredStrategy([device.name for device in devices])
+        strategy = tf.distribute.MirroredStrategy([device.name for device in _tf_devices()])
     with strategy.scope():
         yield strategy
 

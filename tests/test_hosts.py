@@ -26,6 +26,7 @@ from model import run_config
 from model import run_plan
 from model import supervise
 from model.commands import TRAIN
+from pipeline import cli as cli_errors
 from pipeline import schema
 from pipeline.reader import dataset
 from pipeline.reader import read
@@ -175,6 +176,15 @@ def test_fewer_shards_than_processes_are_refused_naming_num_shards(records):
     config = run_config.TrainConfig(records=str(records), image_size=32, batch_size=8)
     placement = distribution.Placement(8, distribution.Processes(8, 0, "127.0.0.1:1"), jax=True)
     with pytest.raises(shares.TooFewShardsError, match="--num_shards=8"):
+        run_plan.plan_run(config, manifest, hardware.Hardware((), 2), placement=placement)
+
+
+def test_the_data_service_with_several_processes_is_refused_in_one_line(records):
+    manifest = schema.read_manifest(str(records))
+    config = run_config.TrainConfig(records=str(records), image_size=32, batch_size=8,
+                                    data_service="grpc://127.0.0.1:5050")
+    placement = distribution.Placement(2, distribution.Processes(2, 1, "127.0.0.1:1"), jax=True)
+    with pytest.raises(cli_errors.SettingError, match="--data_service with default: 2 replicas over 2 processes"):
         run_plan.plan_run(config, manifest, hardware.Hardware((), 2), placement=placement)
 
 
