@@ -2,9 +2,11 @@
 
     python bench.py --src ../shared/data/cat_dog_small            # bench_out/
     python bench.py --src photos --records records --passes 3 --out /tmp/bench
+    python bench.py --src photos --records records --backends --passes 2  # train.py per Keras backend
 
 Prints a table and the targets; writes results.json and throughput.png to
---out. See the `benchmark` package for what is measured.
+--out (with --backends: its own table, results.json and each train.py's output
+in backend_logs/). See the `benchmark` package for what is measured.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow's first 
 from pipeline import cli  # noqa: E402
 from pipeline import fileio  # noqa: E402
 from pipeline import plots  # noqa: E402
+from benchmark import BenchmarkError  # noqa: E402
+from benchmark import backends  # noqa: E402
 from benchmark import conversion  # noqa: E402
 from benchmark import conversion_report  # noqa: E402
 from benchmark import plan  # noqa: E402
@@ -24,6 +28,9 @@ from benchmark import report  # noqa: E402
 
 
 def _bench(config: plan.BenchmarkConfig) -> None:
+    if config.backends:
+        _bench_backends(config)
+        return
     # Cold rows: one fresh dataset per pass. Training rows: timed fits per
     # input, up to 3 (each is 30 steps of the CNN).
     config = dataclasses.replace(config, cold_runs=config.passes, train_rounds=min(config.passes, 3))
@@ -33,6 +40,17 @@ def _bench(config: plan.BenchmarkConfig) -> None:
     print(report.format_targets(results))
     json_path, png_path = report.save(results, config.out)
     print(f"Wrote {json_path} and {png_path}")
+
+
+def _bench_backends(config: plan.BenchmarkConfig) -> None:
+    """--backends: train.py on each Keras backend; a failed row is in the table, then one line and exit 1."""
+    results = backends.run(config, command=cli.command_line(BENCH))
+    print(report.format_backends_table(results))
+    json_path, logs = report.save_backends(results, config.out)
+    print(f"Wrote {json_path} and each process's output in {logs}")
+    if failed := results.failed():
+        raise BenchmarkError(f"{', '.join(row.backend.name for row in failed)} failed (the table says why); "
+                             f"each process's output is in {logs}")
 
 
 BENCH = cli.Command("bench.py", __doc__, plan.BenchmarkConfig, _bench)

@@ -67,8 +67,7 @@ class BenchmarkConfig:
         None, help="Records converted from --src at the original sizes. Default: convert --src into a temporary "
                    "folder. The pre-resized copy is always converted.")
     split: str = cli.setting("train", help="The split every loader reads.")
-    image_size: tuple[int, int] = cli.setting(
-        dataset.DEFAULT_IMAGE_SIZE, help="Square: the CNN's input.", flag=False)
+    image_size: tuple[int, int] = cli.setting(dataset.DEFAULT_IMAGE_SIZE, help="Square: the CNN's input.", flag=False)
     batch_size: int = cli.setting(dataset.DEFAULT_BATCH_SIZE, help="Images per batch.", at_least=1)
     passes: int = cli.setting(
         5, help="Timed passes per loader; the figure is their median, after one warm-up pass.", at_least=1)
@@ -77,12 +76,13 @@ class BenchmarkConfig:
     max_batches: int | None = cli.setting(
         None, help="Cap on batches per pass (smoke tests). Default: whole epochs.", at_least=1)
     train_steps: int = cli.setting(
-        30, help="Timed training steps per input for the training-stall rows.", at_least=1)
-    train_warmup_steps: int = cli.setting(
-        3, help="Steps of the untimed fit per training input.", at_least=1, flag=False)
+        30, help="Timed training steps per input for the training-stall rows; --backends: per epoch.", at_least=1)
+    train_warmup_steps: int = cli.setting(3, help="Steps of the untimed fit per training input.", at_least=1, flag=False)
     train_rounds: int = cli.setting(
         3, help="Timed fits per training input (bench.py: --passes, at most 3).", at_least=1, flag=False)
     out: str = cli.setting("bench_out", help="Folder for results.json and throughput.png.")
+    backends: bool = cli.setting(False, help="Instead of the loaders: train.py on each Keras backend, processes of "
+                                             "their own, --passes + 1 epochs of --train_steps (the first untimed).")
 
     def __post_init__(self):
         cli.check_settings(self, BenchmarkError)
@@ -357,12 +357,12 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def _log_to_stderr(message: str) -> None:
+def log_to_stderr(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
 def run_benchmark(
-    config: BenchmarkConfig, command: Sequence[str] | None = None, log: Callable[[str], None] = _log_to_stderr
+    config: BenchmarkConfig, command: Sequence[str] | None = None, log: Callable[[str], None] = log_to_stderr
 ) -> Results:
     """Converts the records as needed, then measures every row.
 

@@ -1,17 +1,20 @@
-"""The report of a run: the text table, the targets' verdicts, results.json and the chart."""
+"""The report of a run: the text table, the targets' verdicts, results.json and the chart; --backends' own."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
 import os
+import shlex
 import statistics
 from collections.abc import Sequence
 from typing import Any
 
 from pipeline import fileio
 from pipeline import plots
+from benchmark import backends
 from benchmark import targets
+from benchmark import timing
 from benchmark.plan import Group, Results, Row
 
 RESULTS_FILENAME = "results.json"
@@ -124,22 +127,26 @@ def format_targets(results: Results) -> str:
         figure = (f"{v.value:.2f}x (target >= {v.threshold:g}x; fastest passes: {v.value_best_passes:.2f}x)"
                   if v.unit == "x" else f"{v.value:,.0f} MiB (target < {v.threshold:,.0f} MiB)")
         lines.append(f"  {'PASS' if v.passed else 'FAIL'}  {v.description}: {figure}")
-    cpu = results.cpu_contention
     lines += [
         f"Peak memory: {results.peak_rss_mib:,.0f} MiB resident "
         f"(getrusage ru_maxrss now: {results.ru_maxrss_mib:,.0f} MiB)",
         "Resident memory after each uncached epoch: "
         + ", ".join(f"{mib:,.0f}" for mib in results.streaming_rss_mib) + " MiB",
         f"Wall time: {results.wall_seconds:.1f} s",
-        f"Other processes used {cpu.other_processes_share:.0%} of the machine's CPU during the run "
-        f"({cpu.other_processes_cpu_seconds:.0f} CPU-s; the benchmark {cpu.own_cpu_seconds:.0f} CPU-s)"
-        + (": the figures are disturbed, run again on an idle machine"
-           if cpu.other_processes_share > CONTENTION_WARNING_SHARE else ""),
+        _contention(results.cpu_contention),
     ]
     if results.config.max_batches is not None:
         lines.append(f"Note: --max_batches={results.config.max_batches} caps every pass: "
                      "the figures are not epochs and the targets mean little.")
     return "\n".join(lines)
+
+
+def _contention(cpu: timing.CpuContention) -> str:
+    """Other processes' share of the CPU during the run, flagged above CONTENTION_WARNING_SHARE."""
+    return (f"Other processes used {cpu.other_processes_share:.0%} of the machine's CPU during the run "
+            f"({cpu.other_processes_cpu_seconds:.0f} CPU-s; the benchmark {cpu.own_cpu_seconds:.0f} CPU-s)"
+            + (": the figures are disturbed, run again on an idle machine"
+               if cpu.other_processes_share > CONTENTION_WARNING_SHARE else ""))
 
 
 def _row_json(results: Results, row: Row) -> dict[str, Any]:
@@ -200,3 +207,99 @@ def save(results: Results, out: str) -> tuple[str, str]:
     """Writes results.json and throughput.png into `out`; returns their paths."""
     json_path = fileio.write_json(os.path.join(out, RESULTS_FILENAME), to_json(results))
     return json_path, plot(results, os.path.join(out, PLOT_FILENAME))
+
+
+# --------------------------------------------------------------------------
+# bench.py --backends: its own table and results.json (`benchmark.backends`).
+
+BACKENDS_BASELINE = "tensorflow"  # the row the others' rates are divided by
+LOGS_FOLDER = "backend_logs"  # in --out: each train.py process's output
+SETUP_SHOWN = ("backend", "devices", "strategy")  # of train.py's setup block: what says a row ran as it claims
+
+
+def _seconds(value: float | None) -> str:
+    return "" if value is None else f"{value:,.1f} s"
+
+
+def _row_own(arg: str) -> str:
+    """A train.py flag as the table shows it, "..." for a value each row has its own."""
+    return next((f"{flag}..." for flag in ("--model_dir=", "--strategy=") if arg.startswith(flag)), arg)
+
+
+def backend_ratio(results: backends.BackendResults, row: backends.BackendRow) -> float | None:
+    """The row's rate over the BACKENDS_BASELINE row's, or None when either is missing."""
+    base = next((r for r in results.rows if r.backend.name == BACKENDS_BASELINE), None)
+    if base is None or base.images_per_second is None or row.images_per_second is None:
+        return None
+    return row.images_per_second / base.images_per_second
+
+
+def format_backends_table(results: backends.BackendResults) -> str:
+    """The rows as a text table, train.py's own account of each, then what the columns are."""
+    width = max(len(row.backend.label) for row in results.rows)
+    header = (f"{'backend':<{width}}  {'images/s':>9}  {'vs TF':>6}  {'1st epoch':>9}  {'one-off':>8}  "
+              f"{'epoch':>8}  {'peak RSS per process':>20}  {'CPU-s':>6}")
+    lines = [header, "-" * len(header)]
+    for row in results.rows:
+        rate, versus = row.images_per_second, backend_ratio(results, row)
+        rss = ", ".join(f"{p.peak_rss_mib:,.0f}" for p in row.processes) + " MiB"
+        lines.append(
+            f"{row.backend.label:<{width}}  {'' if rate is None else f'{rate:,.1f}':>9}  "
+            f"{'' if versus is None else f'{versus:.2f}x':>6}  {_seconds(row.first_epoch_seconds):>9}  "
+            f"{_seconds(row.one_off_seconds):>8}  {_seconds(row.epoch_seconds):>8}  {rss:>20}  "
+            f"{sum(p.cpu_seconds for p in row.processes):>6,.0f}")
+        if row.error:
+            lines.append(f"  failed: {row.error}")
+    lines += ["", "train.py's own account of each run (its results.json):"]
+    lines += [f"  {row.backend.label}: " + ("; ".join(f"{key} {row.setup[key]}" for key in SETUP_SHOWN
+                                                    if key in row.setup) or "none") for row in results.rows]
+    config, argv = results.config, results.rows[0].argv
+    return "\n".join(lines + [
+        "",
+        f"Each row: {shlex.join(['train.py', *map(_row_own, argv[2:])])} (--model_dir and --strategy its own; "
+        "each process's environment is in results.json)",
+        f"images/s: history.json's images_per_second, the median of epochs 2 to {backends.train_epochs(config)} "
+        f"({config.train_steps} steps of a global batch of {config.batch_size}); the 1st compiles.",
+        "1st epoch: from the first process's start to the 1st epoch's history.json entry; one-off: that less "
+        "a steady epoch (epoch: between two entries, validation and backups included).",
+        "peak RSS: each process's, the kernel's (wait4); CPU-s: user + system of the row's processes.",
+        f"Wall time: {results.wall_seconds:.1f} s",
+        _contention(results.cpu_contention),
+    ])
+
+
+def _process_json(process: backends.ProcessRun) -> dict[str, Any]:
+    return {key: value for key, value in dataclasses.asdict(process).items() if key != "output"}
+
+
+def _backend_json(results: backends.BackendResults, row: backends.BackendRow) -> dict[str, Any]:
+    return {
+        "label": row.backend.label, "keras_backend": row.backend.keras_backend,
+        "processes": row.backend.processes, "local_devices": row.backend.local_devices,
+        "command": list(row.argv), "error": row.error,
+        "images_per_second": row.images_per_second, "ratio_to_" + BACKENDS_BASELINE: backend_ratio(results, row),
+        "epoch_images_per_second": list(row.epoch_rates), "epoch_end_seconds": list(row.epoch_ends),
+        "first_epoch_seconds": row.first_epoch_seconds, "epoch_seconds": row.epoch_seconds,
+        "one_off_seconds": row.one_off_seconds, "setup": row.setup,
+        "per_process": [_process_json(process) for process in row.processes],
+    }
+
+
+def backends_to_json(results: backends.BackendResults) -> dict[str, Any]:
+    """The results as results.json holds them."""
+    return {
+        "machine": results.machine, "date": results.date, "command": results.command,
+        "settings": {**dataclasses.asdict(results.config), "epochs": backends.train_epochs(results.config)},
+        "data": {"records": results.records, "split": backends.TRAIN_SPLIT, "images": results.train_images},
+        "backends": {row.backend.name: _backend_json(results, row) for row in results.rows},
+        "cpu_contention": dataclasses.asdict(results.cpu_contention), "wall_seconds": results.wall_seconds,
+    }
+
+
+def save_backends(results: backends.BackendResults, out: str) -> tuple[str, str]:
+    """Writes results.json and each process's output (LOGS_FOLDER) into `out`; returns their paths."""
+    logs = os.path.join(out, LOGS_FOLDER)
+    for row in results.rows:
+        for process in row.processes:
+            fileio.write_text(os.path.join(logs, f"{row.backend.name}.{process.process_id}.log"), process.output)
+    return fileio.write_json(os.path.join(out, RESULTS_FILENAME), backends_to_json(results)), logs
