@@ -363,7 +363,9 @@ def test_a_lost_worker_ends_the_wait_in_one_line_sigterm_too_and_the_same_comman
             "(--input_timeout): a worker or the dispatcher is lost; restart it, then run the same command to resume "
             "at the last complete epoch")
         cluster.start_worker("worker-1", cluster.worker_ports["worker-1"])
-        resumed = cli.run(TRAIN, *bounded)
+        # In this process: a bound the restarted worker meets even on a loaded machine (the watchdog
+        # ends its process at the bound, this pytest worker here). --input_timeout defines no run.
+        resumed = cli.run(TRAIN, *common, f"--model_dir={tmp_path / 'bounded'}", "--input_timeout=300")
     finally:
         cluster.stop()
     assert resumed.returncode == 0, resumed.stderr[-3000:]
