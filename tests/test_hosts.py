@@ -88,6 +88,9 @@ def whole_run(records, xla_cache, tmp_path_factory) -> tuple[Path, list[str]]:
 def test_two_processes_train_one_model_with_identical_weights(whole_run, records):
     model_dir, (first, second) = whole_run
     assert _digest(first) == _digest(second)
+    # Process 0 alone writes: backups, history, model (process 1 has no writing callback to log).
+    assert "backup: the state" in first and "backup: the state" not in second
+    assert f"Process 1 of 2 trained its share: process 0 saved the model to {model_dir}" in second
     # Each process its own two shards: 24 images, 3 batches of 4 an epoch.
     assert "each process its own shards (24, 24 images), 24 of them an epoch" in first
     history = json.loads((model_dir / "history.json").read_text())
