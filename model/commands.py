@@ -168,7 +168,7 @@ def _train(config: run_config.TrainConfig) -> int | None:
     processes = distribution.Processes.from_env()
     distribution.check(processes)
     if processes.several and not supervise.is_child():  # JAX ends a lost process's peers from C++
-        return supervise.run_child(sys.argv, processes, config.model_dir)
+        return supervise.run_child(cli.command_line(TRAIN)[2:], processes, config.model_dir, TRAIN.prog)
     if processes.several:
         supervise.end_with_parent()
     backend.prepare()

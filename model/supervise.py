@@ -74,10 +74,14 @@ def lost_processes(log: str, count: int) -> str:
     return f"a process of {count}"
 
 
-def run_child(argv: list[str], processes: distribution.Processes, model_dir: str) -> int:
-    """Runs `python argv` as this process's child and returns its exit status; prints one line
-    and returns EXIT_LOST when JAX ended it because another process was lost."""
-    child = subprocess.Popen([sys.executable, *argv], env={**os.environ, CHILD_ENV: "1"},
+# The child: train.py's command with the flags given, whatever program called it (a script, pytest).
+_CHILD_PROGRAM = "from model.commands import TRAIN; TRAIN.run()"
+
+
+def run_child(flags: list[str], processes: distribution.Processes, model_dir: str, prog: str = "train.py") -> int:
+    """Runs train.py's command with `flags` as this process's child and returns its exit status;
+    prints one line and returns EXIT_LOST when JAX ended it because another process was lost."""
+    child = subprocess.Popen([sys.executable, "-c", _CHILD_PROGRAM, *flags], env={**os.environ, CHILD_ENV: "1"},
                              stdin=subprocess.PIPE, stderr=subprocess.PIPE)
     forwarded = {signum: signal.signal(signum, lambda signum, frame: child.send_signal(signum))
                  for signum in (signal.SIGTERM, signal.SIGINT)}
@@ -96,7 +100,7 @@ def run_child(argv: list[str], processes: distribution.Processes, model_dir: str
             signal.signal(signum, handler)
     log = "".join(held)
     if status == -signal.SIGABRT and "Terminating process because the JAX distributed service" in log:
-        print(f"{os.path.basename(argv[0])}: error: lost {lost_processes(log, processes.count)} of the run "
+        print(f"{prog}: error: lost {lost_processes(log, processes.count)} of the run "
               f"coordinated at {processes.coordinator}, so process {processes.index} ended too: the last backup in "
               f"{os.path.join(model_dir, 'backup')} is kept; start the same command on every host to resume",
               file=sys.stderr)

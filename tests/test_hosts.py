@@ -49,13 +49,15 @@ def xla_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("xla")
 
 
-def _pair(records: Path, model_dir: Path, xla_cache: Path) -> list[processes.Process]:
-    """train.py as processes 0 and 1 of one run, the coordinator on a free port of 127.0.0.1."""
+def _pair(records: Path, model_dir: Path, xla_cache: Path, second: tuple[str, ...] = ()) -> list[processes.Process]:
+    """train.py as processes 0 and 1 of one run, the coordinator on a free port of 127.0.0.1;
+    `second`: flags process 1 alone gets (after the common ones)."""
     address = f"127.0.0.1:{processes.free_port()}"
     common = {"KERAS_BACKEND": "jax", distribution.JOB_ADDRESSES: address, distribution.NUM_PROCESSES: "2",
               distribution.BIND_ADDRESS: address, "JAX_COMPILATION_CACHE_DIR": str(xla_cache),
               "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
     return [processes.start("train.py", f"--records={records}", f"--model_dir={model_dir}", *FLAGS,
+                            *(second if index else ()),
                             environment=processes.env(**common, **{distribution.PROCESS_ID: str(index)}),
                             merge_stderr=True)
             for index in (0, 1)]
@@ -161,6 +163,18 @@ def test_a_killed_process_ends_the_other_with_one_line_and_the_rerun_resumes_exa
         first, second = _finish(rerun)
     assert f"at epoch 1, after batch {state['step']}" in first
     assert _digest(first) == _digest(second) == _digest(whole_run[1][0])
+
+
+def test_a_host_with_other_flags_stops_every_process_with_one_line(records, xla_cache, tmp_path):
+    pair = _pair(records, tmp_path / "run", xla_cache, second=("--learning_rate=0.01",))
+    with pair[0], pair[1]:
+        outputs = [process.communicate()[0] for process in pair]
+    for process, output in zip(pair, outputs):
+        assert process.returncode == 1, output[-3000:]
+        assert processes.our_lines(output)[-1] == (
+            "train.py: error: process(es) 1 have other settings or records than process 0: run the same command, "
+            "on the same records and --model_dir, on every host")
+    assert not (tmp_path / "run" / "backup").exists()
 
 
 def test_several_processes_on_tensorflow_are_one_line(records, tmp_path, monkeypatch):
